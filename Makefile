@@ -1,0 +1,31 @@
+# Two entry points for a fresh machine: `make demo` (install + main job) and `make test`.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+SEQLVM := $(VENV)/bin/seqlvm
+# The CPU wheel of this torch is on local disk; an unpinned torch would pull a multi-GB CUDA build.
+TORCH ?= torch==2.13.0
+DEMO_DATA ?= data/shakespeare
+DEMO_RUN ?= demo
+
+.PHONY: setup demo test clean-demo
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q $(TORCH)
+	$(PY) -m pip install -q -e ".[test]"
+	touch $@
+
+demo: setup
+	$(SEQLVM) prepare text --source builtin:shakespeare --out $(DEMO_DATA)
+	$(SEQLVM) train --data $(DEMO_DATA) --config seqlvm/configs/sentence-vae.yaml --workers 2 --name $(DEMO_RUN)
+	$(SEQLVM) evaluate runs/ray/$(DEMO_RUN)
+	$(SEQLVM) sample runs/ray/$(DEMO_RUN) --n 5
+
+test: setup
+	$(PY) -m pytest -q
+
+clean-demo:
+	rm -rf runs $(DEMO_DATA)

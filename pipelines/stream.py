@@ -1,0 +1,87 @@
+"""Batches for training and evaluation: padding (collate), length bucketing, and the two ways to iterate a
+split: streamed through Ray Data inside Train workers, or read locally with pyarrow."""
+from __future__ import annotations
+
+from typing import Iterable, Iterator
+
+import numpy as np
+import pyarrow.parquet as pq
+import torch
+
+from pipelines.shards import split_files
+from seqlvm.vocab import BOS_ID, EOS_ID, PAD_ID
+
+
+def collate(sequences: Iterable[np.ndarray]) -> dict[str, torch.Tensor]:
+    """Token-id sequences -> padded decoder inputs (<s> w1..wn), targets (w1..wn </s>) and lengths (n+1)."""
+    sequences = list(sequences)
+    lengths = torch.tensor([len(s) + 1 for s in sequences], dtype=torch.long)
+    inputs = torch.full((len(sequences), int(lengths.max())), PAD_ID, dtype=torch.long)
+    targets = torch.full_like(inputs, PAD_ID)
+    for row, seq in enumerate(sequences):
+        seq = torch.as_tensor(np.asarray(seq, dtype=np.int64))
+        inputs[row, 0] = BOS_ID
+        inputs[row, 1:len(seq) + 1] = seq
+        targets[row, :len(seq)] = seq
+        targets[row, len(seq)] = EOS_ID
+    return {"inputs": inputs, "targets": targets, "lengths": lengths}
+
+
+def bucketed(window: list[np.ndarray], batch_size: int, rng: np.random.Generator | None) -> Iterator[dict]:
+    """Sort a window of sequences by length, cut it into batches, and yield them in random order: batches of
+    similar lengths waste little on padding while the order across batches stays random."""
+    order = sorted(range(len(window)), key=lambda i: len(window[i]))
+    batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    if rng is not None:
+        rng.shuffle(batches)
+    for idx in batches:
+        yield collate(window[i] for i in idx)
+
+
+def windows_to_batches(windows: Iterable[list[np.ndarray]], batch_size: int, bucket_factor: int,
+                       rng: np.random.Generator | None) -> Iterator[dict]:
+    for window in windows:
+        if bucket_factor > 1:
+            yield from bucketed(window, batch_size, rng)
+        else:
+            for i in range(0, len(window), batch_size):
+                yield collate(window[i:i + batch_size])
+
+
+def ray_batches(shard, batch_size: int, bucket_factor: int = 1, shuffle_buffer: int = 0,
+                seed: int = 0) -> Iterator[dict]:
+    """Batches from a Ray Data shard (`ray.train.get_dataset_shard`): the shard streams windows of
+    bucket_factor * batch_size rows (shuffled through a local buffer when training), each bucketed.
+    Bucketed batches always come in a seeded random order, so a capped evaluation is not biased to short
+    sentences."""
+    rng = np.random.default_rng(seed)
+    windows = (list(b["ids"]) for b in shard.iter_batches(
+        batch_size=batch_size * bucket_factor, batch_format="numpy", prefetch_batches=2,
+        local_shuffle_buffer_size=shuffle_buffer or None, local_shuffle_seed=seed))
+    return windows_to_batches(windows, batch_size, bucket_factor, rng)
+
+
+def read_split(data_dir: str, split: str, limit: int | None = None) -> list[np.ndarray]:
+    """A whole split in memory as token-id arrays (evaluation, sampling, the plain-PyTorch baseline)."""
+    sequences: list[np.ndarray] = []
+    for path in split_files(data_dir, split):
+        for ids in pq.read_table(path, columns=["ids"]).column("ids").to_numpy(zero_copy_only=False):
+            sequences.append(np.asarray(ids, dtype=np.int64))
+            if limit is not None and len(sequences) >= limit:
+                return sequences
+    return sequences
+
+
+def local_batches(sequences: list[np.ndarray], batch_size: int, bucket_factor: int = 1,
+                  seed: int | None = None) -> Iterator[dict]:
+    """Batches from sequences in memory, shuffled when a seed is given: the same batching as ray_batches."""
+    rng = np.random.default_rng(seed) if seed is not None else None
+    order = rng.permutation(len(sequences)) if rng is not None else np.arange(len(sequences))
+    window = batch_size * bucket_factor
+    windows = ([sequences[i] for i in order[s:s + window]] for s in range(0, len(order), window))
+    return windows_to_batches(windows, batch_size, bucket_factor, rng)
+
+
+def ray_dataset(data_dir: str, split: str):
+    import ray.data
+    return ray.data.read_parquet(split_files(data_dir, split), columns=["ids"])

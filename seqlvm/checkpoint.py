@@ -1,0 +1,73 @@
+"""Checkpoints are data: one `model.pt` holding the model's constructor arguments, weights, optimiser state,
+run config and vocabulary, loaded with `torch.load(weights_only=True)`. Resolves the forms users pass:
+a checkpoint folder, a training-run folder (its latest checkpoint), `runs:/RUN_ID/...` or `models:/...`."""
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import torch
+
+from seqlvm.errors import SeqlvmError
+from seqlvm.models import SequenceModel, build_model
+from seqlvm.vocab import Vocab
+
+CHECKPOINT_FILE = "model.pt"
+
+
+def save_checkpoint(directory: Path, model: SequenceModel, **state) -> Path:
+    """Write model.pt into `directory`. `state` holds plain data (optimizer state, step, config, vocab...)."""
+    payload = {"model": model.constructor_args(), "state_dict": model.state_dict(), **state}
+    path = Path(directory) / CHECKPOINT_FILE
+    torch.save(payload, path)
+    return path
+
+
+def _latest_under(folder: Path) -> Path | None:
+    candidates = sorted(folder.glob(f"**/{CHECKPOINT_FILE}"), key=lambda p: (p.parent.name, p.stat().st_mtime))
+    return candidates[-1] if candidates else None
+
+
+def resolve_checkpoint(spec: str, tracking_uri: str | None = None) -> Path:
+    """Path to a model.pt from a folder, a run folder, or an MLflow `runs:/` / `models:/` URI."""
+    if spec.startswith(("runs:/", "models:/")):
+        import mlflow
+        if tracking_uri:
+            mlflow.set_tracking_uri(tracking_uri)
+        target = Path(tempfile.mkdtemp(prefix="seqlvm-ckpt-"))
+        try:
+            local = Path(mlflow.artifacts.download_artifacts(artifact_uri=spec, dst_path=str(target)))
+        except Exception as exc:  # MLflow raises several types for unknown runs, models and paths
+            raise SeqlvmError(f"{spec}: cannot download from MLflow ({str(exc).splitlines()[0]})") from None
+        found = local if local.is_file() else _latest_under(local)
+        if found is None:
+            raise SeqlvmError(f"{spec}: holds no {CHECKPOINT_FILE}")
+        return found
+    path = Path(spec)
+    if path.is_file():
+        return path
+    if not path.exists():
+        raise SeqlvmError(f"{spec}: no such checkpoint, run folder or MLflow URI")
+    found = path / CHECKPOINT_FILE if (path / CHECKPOINT_FILE).exists() else _latest_under(path)
+    if found is None:
+        raise SeqlvmError(f"{spec}: folder holds no {CHECKPOINT_FILE}")
+    return found
+
+
+def read_checkpoint(path: Path) -> dict:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # a truncated or foreign file: say which and why, in one line
+        raise SeqlvmError(f"{path}: not a loadable seqlvm checkpoint ({str(exc).splitlines()[0]})") from None
+
+
+def load_model(spec: str, tracking_uri: str | None = None) -> tuple[SequenceModel, Vocab, dict]:
+    """(model in eval mode, vocabulary, the whole checkpoint payload)."""
+    path = resolve_checkpoint(spec, tracking_uri)
+    payload = read_checkpoint(path)
+    args = payload["model"]
+    model = build_model(args["name"], args["config"], args["vocab_size"])
+    model.load_state_dict(payload["state_dict"])
+    model.eval()
+    payload["path"] = str(path)
+    return model, Vocab(payload["vocab"]), payload

@@ -1,0 +1,153 @@
+"""Run configuration: dataclasses holding every default, filled from a YAML file and `key=value` overrides.
+
+A config file has two sections, `model:` (fields of the chosen model's config) and `train:` (TrainConfig),
+plus an optional top-level `model_name:`. Overrides use dotted keys (`model.latent_dim=32`, `train.lr=0.01`);
+a bare key is accepted when exactly one section has it.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from seqlvm.errors import SeqlvmError
+
+
+@dataclass
+class TrainConfig:
+    batch_size: int = 32
+    epochs: int = 10
+    max_steps: int | None = None
+    optimizer: str = "adam"  # adam | sgd
+    lr: float = 1e-3
+    grad_clip: float = 5.0
+    weight_decay: float = 0.0
+    # KL cost annealing: sigmoid (Bowman et al. Fig. 2), linear warm-up (Kruengkrai), or constant.
+    kl_anneal: str = "sigmoid"
+    kl_anneal_rate: float = 0.0025
+    kl_anneal_midpoint: int = 2500
+    kl_warmup_steps: int = 2000
+    kl_weight: float = 1.0  # the weight for `constant`, and the ceiling of the other schedules
+    # Data streaming
+    bucket_factor: int = 20  # sort windows of bucket_factor*batch_size sentences by length; 1 = no bucketing
+    shuffle_buffer: int = 2000
+    # Evaluation and checkpoints
+    eval_every: int = 200
+    log_every: int = 20
+    eval_batches: int | None = None  # cap on validation batches per worker (None = whole split)
+    final_iw_samples: int = 50  # importance samples for the test-set NLL logged at the end of training
+    keep_checkpoints: int = 3
+    seed: int = 0
+    use_gpu: bool = False
+    mixed_precision: str = "none"  # none | bf16 | fp16 (GPU only)
+
+    def validate(self) -> None:
+        if self.kl_anneal not in ("sigmoid", "linear", "constant"):
+            raise SeqlvmError(f"train.kl_anneal must be sigmoid, linear or constant, not {self.kl_anneal!r}")
+        if self.optimizer not in ("adam", "sgd"):
+            raise SeqlvmError(f"train.optimizer must be adam or sgd, not {self.optimizer!r}")
+        if self.mixed_precision not in ("none", "bf16", "fp16"):
+            raise SeqlvmError(f"train.mixed_precision must be none, bf16 or fp16, not {self.mixed_precision!r}")
+        for name in ("batch_size", "epochs", "eval_every", "log_every", "bucket_factor"):
+            if getattr(self, name) < 1:
+                raise SeqlvmError(f"train.{name} must be at least 1")
+
+
+@dataclass
+class RunConfig:
+    model_name: str = "sentence-vae"
+    model: dict[str, Any] = field(default_factory=dict)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+def _coerce(value: str) -> Any:
+    """Parse an override's value as YAML so `lr=1e-3`, `average_hidden=true` and `max_steps=null` work."""
+    parsed = yaml.safe_load(value)
+    return value if parsed is None and value.lower() not in ("null", "none", "~") else parsed
+
+
+def _field_types(cls) -> dict[str, Any]:
+    return {f.name: f for f in dataclasses.fields(cls)}
+
+
+def _check_value(section: str, key: str, value: Any, default: Any, source: str) -> Any:
+    if default is None or value is None:
+        return value
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise SeqlvmError(f"{source}: {section}.{key} must be true or false, got {value!r}")
+        return value
+    if isinstance(default, (int, float)) and not isinstance(value, bool) and isinstance(value, (int, float)):
+        if isinstance(default, int) and isinstance(value, float) and not value.is_integer():
+            raise SeqlvmError(f"{source}: {section}.{key} must be an integer, got {value!r}")
+        return type(default)(value)
+    if isinstance(default, str) and isinstance(value, str):
+        return value
+    raise SeqlvmError(f"{source}: {section}.{key} has the wrong type ({value!r}, expected like {default!r})")
+
+
+def build_run_config(model_cls_for, config_file: str | Path | None = None, overrides: list[str] = (),
+                     model_name: str | None = None) -> tuple[RunConfig, Any]:
+    """Read a YAML file and overrides into (RunConfig, model config instance).
+
+    `model_cls_for(name)` returns the model class for a registry name (its `config_class` gives the fields).
+    """
+    raw: dict[str, Any] = {}
+    source = str(config_file) if config_file else "overrides"
+    if config_file:
+        path = Path(config_file)
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+        except OSError as exc:
+            raise SeqlvmError(f"{path}: cannot read config ({exc.strerror})") from None
+        except yaml.YAMLError as exc:
+            raise SeqlvmError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+        if not isinstance(raw, dict):
+            raise SeqlvmError(f"{path}: a config file must be a mapping with `model:` and `train:` sections")
+        unknown = set(raw) - {"model_name", "model", "train"}
+        if unknown:
+            raise SeqlvmError(f"{path}: unknown top-level key {sorted(unknown)[0]!r} "
+                              "(known: model_name, model, train)")
+
+    name = model_name or raw.get("model_name") or "sentence-vae"
+    model_cls = model_cls_for(name)
+    model_fields = _field_types(model_cls.config_class)
+    train_fields = _field_types(TrainConfig)
+    sections = {"model": dict(raw.get("model") or {}), "train": dict(raw.get("train") or {})}
+    for section, known in (("model", model_fields), ("train", train_fields)):
+        for key in sections[section]:
+            if key not in known:
+                raise SeqlvmError(f"{source}: unknown config key '{section}.{key}'")
+
+    for item in overrides:
+        if "=" not in item:
+            raise SeqlvmError(f"override {item!r} is not of the form key=value")
+        key, value = item.split("=", 1)
+        if "." in key:
+            section, key = key.split(".", 1)
+            known = {"model": model_fields, "train": train_fields}.get(section)
+            if known is None or key not in known:
+                raise SeqlvmError(f"unknown config key '{section}.{key}' in override {item!r}")
+        else:
+            owners = [s for s, known in (("model", model_fields), ("train", train_fields)) if key in known]
+            if len(owners) != 1:
+                problem = "unknown config key" if not owners else "ambiguous key (prefix it with model. or train.)"
+                raise SeqlvmError(f"{problem} '{key}' in override {item!r}")
+            section = owners[0]
+        sections[section][key] = _coerce(value)
+
+    defaults_model = model_cls.config_class()
+    defaults_train = TrainConfig()
+    model_kwargs = {k: _check_value("model", k, v, getattr(defaults_model, k), source)
+                    for k, v in sections["model"].items()}
+    train_kwargs = {k: _check_value("train", k, v, getattr(defaults_train, k), source)
+                    for k, v in sections["train"].items()}
+    model_config = model_cls.config_class(**model_kwargs)
+    train_config = TrainConfig(**train_kwargs)
+    train_config.validate()
+    if hasattr(model_config, "validate"):
+        model_config.validate()
+    return RunConfig(model_name=name, model=dataclasses.asdict(model_config), train=train_config), model_config

@@ -1,0 +1,2 @@
+class SeqlvmError(Exception):
+    """A user-facing problem (bad input, bad config). The CLI prints it on one line and exits non-zero."""

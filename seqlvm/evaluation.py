@@ -1,0 +1,72 @@
+"""Shared evaluation: ELBO and its parts, the importance-weighted NLL, perplexity and active units.
+
+Totals are sums over sentences (so workers can all-reduce them); `summarize` turns them into per-sentence
+and per-token figures. Perplexities are per token, counting the end-of-sentence token as PTB does.
+"""
+from __future__ import annotations
+
+import math
+from typing import Iterable
+
+import torch
+
+from seqlvm.models.base import SequenceModel
+
+TOTAL_KEYS = ("recon", "kl", "sentences", "tokens")
+
+
+def summarize(totals: dict[str, float], prefix: str = "") -> dict[str, float]:
+    n, tokens = max(totals["sentences"], 1.0), max(totals["tokens"], 1.0)
+    nll_bound = (totals["recon"] + totals["kl"]) / n
+    metrics = {"elbo": -nll_bound, "recon": totals["recon"] / n, "kl": totals["kl"] / n,
+               "nll_bound": nll_bound, "ppl_bound": math.exp(min(nll_bound * n / tokens, 50.0))}
+    return {f"{prefix}{k}": v for k, v in metrics.items()}
+
+
+def add_totals(acc: dict[str, float], totals: dict[str, torch.Tensor]) -> None:
+    for key in TOTAL_KEYS:
+        acc[key] = acc.get(key, 0.0) + float(totals[key])
+
+
+def importance_weighted_nll(model: SequenceModel, batch: dict, num_samples: int, chunk: int = 50) -> torch.Tensor:
+    """-log p(x) estimated as -log (1/K) sum_k p(x, z_k) / q(z_k | x), per sentence; K samples drawn in chunks
+    of `chunk` to bound memory. Never looser than the ELBO in expectation (Burda et al., 2016)."""
+    if not model.has_latent:
+        return -model.log_importance_weights(batch, 1)[0]
+    log_w = torch.cat([model.log_importance_weights(batch, min(chunk, num_samples - start))
+                       for start in range(0, num_samples, chunk)])
+    return -(torch.logsumexp(log_w, dim=0) - math.log(num_samples))
+
+
+def active_units(means: torch.Tensor, threshold: float = 0.01) -> int:
+    """Latent dimensions whose posterior mean varies across the data: Cov_x(E_q[z]) > threshold (Burda et al.)."""
+    if means.size(0) < 2:
+        return 0
+    return int((means.var(dim=0) > threshold).sum())
+
+
+@torch.no_grad()
+def evaluate(model: SequenceModel, batches: Iterable[dict], iw_samples: int = 0, chunk: int = 50,
+             device: str | torch.device = "cpu") -> dict[str, float]:
+    """ELBO terms, NLL bound and perplexity over the batches; with iw_samples > 0 also the importance-weighted
+    NLL and perplexity; with a latent, the number of active units."""
+    model.eval()
+    totals: dict[str, float] = {}
+    iw_total, means = 0.0, []
+    for batch in batches:
+        batch = {k: v.to(device) for k, v in batch.items()}
+        add_totals(totals, model(batch).totals)
+        if iw_samples:
+            iw_total += float(importance_weighted_nll(model, batch, iw_samples, chunk).sum())
+        if model.has_latent:
+            means.append(model.encode(batch)[0].cpu())
+    if not totals:
+        raise ValueError("no batches to evaluate")
+    metrics = summarize(totals)
+    metrics.update(sentences=totals["sentences"], tokens=totals["tokens"])
+    if iw_samples:
+        metrics["iw_nll"] = iw_total / totals["sentences"]
+        metrics["iw_ppl"] = math.exp(min(iw_total / totals["tokens"], 50.0))
+    if means:
+        metrics["active_units"] = active_units(torch.cat(means))
+    return metrics

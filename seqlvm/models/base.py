@@ -1,0 +1,38 @@
+"""What every model shares: a config dataclass, construction from (config, vocab size), and a forward pass that
+returns the loss plus summed metrics, so training, evaluation and logging never special-case a model."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+
+@dataclass
+class ModelOutput:
+    loss: torch.Tensor  # scalar to minimise (mean over sentences of recon + kl_weight * kl)
+    # Sums over the batch, so workers can all-reduce them: recon, kl, sentences, tokens.
+    totals: dict[str, torch.Tensor]
+
+
+class SequenceModel(nn.Module):
+    name: str = ""
+    config_class: type = object
+    has_latent: bool = True
+
+    def __init__(self, config, vocab_size: int):
+        super().__init__()
+        self.config = config
+        self.vocab_size = vocab_size
+
+    def constructor_args(self) -> dict:
+        """Everything needed to rebuild this model from a checkpoint: plain data, no code."""
+        return {"name": self.name, "config": dataclasses.asdict(self.config), "vocab_size": self.vocab_size}
+
+    def forward(self, batch: dict[str, torch.Tensor], kl_weight: float = 1.0) -> ModelOutput:
+        raise NotImplementedError
+
+    def log_importance_weights(self, batch: dict[str, torch.Tensor], num_samples: int) -> torch.Tensor:
+        """(num_samples, batch) log p(x, z) - log q(z | x) with z ~ q(z | x); exact log p(x) without a latent."""
+        raise NotImplementedError

@@ -1,0 +1,57 @@
+"""The RNN language-model baseline of Bowman et al.: the sentence VAE's decoder with no latent variable."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from seqlvm.errors import SeqlvmError
+from seqlvm.models.base import ModelOutput, SequenceModel
+from seqlvm.models.decoder import LSTMDecoder
+from seqlvm.models.sentence_vae import decoder_inputs
+from seqlvm.vocab import PAD_ID
+
+
+@dataclass
+class RNNLMConfig:
+    # Defaults: Bowman et al., Table 11, standard RNNLM.
+    embedding_dim: int = 464
+    hidden_dim: int = 337
+    word_keep_rate: float = 0.66
+    embedding_dropout: float = 0.0
+    hidden_dropout: float = 0.0
+
+    def validate(self) -> None:
+        if not 0.0 <= self.word_keep_rate <= 1.0:
+            raise SeqlvmError(f"model.word_keep_rate must be in [0, 1], got {self.word_keep_rate}")
+
+
+class RNNLM(SequenceModel):
+    """LSTM language model: the sentence VAE's decoder without a latent (the baseline of Bowman et al.)."""
+
+    name = "rnnlm"
+    config_class = RNNLMConfig
+    has_latent = False
+
+    def __init__(self, config: RNNLMConfig, vocab_size: int):
+        super().__init__(config, vocab_size)
+        self.embedding = nn.Embedding(vocab_size, config.embedding_dim, padding_idx=PAD_ID)
+        self.decoder = LSTMDecoder(self.embedding, config.hidden_dim, 0, False,
+                                   config.embedding_dropout, config.hidden_dropout)
+
+    def _nll(self, tokens: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return self.decoder.sentence_nll(self.decoder.hidden_states(tokens), targets)
+
+    def forward(self, batch: dict[str, torch.Tensor], kl_weight: float = 1.0) -> ModelOutput:
+        nll = self._nll(decoder_inputs(batch, self.config.word_keep_rate, self.training), batch["targets"])
+        return ModelOutput(nll.mean(), {"recon": nll.sum().detach(), "kl": torch.zeros(()),
+                                        "sentences": torch.tensor(float(nll.size(0))),
+                                        "tokens": (batch["targets"] != PAD_ID).sum().float()})
+
+    def log_importance_weights(self, batch: dict[str, torch.Tensor], num_samples: int) -> torch.Tensor:
+        return -self._nll(batch["inputs"], batch["targets"]).unsqueeze(0)
+
+    @torch.no_grad()
+    def sample_prior(self, num: int, greedy: bool = True, max_len: int = 40, temperature: float = 1.0):
+        return self.decoder.generate(None, num, max_len, greedy, temperature)

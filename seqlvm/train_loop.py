@@ -1,0 +1,223 @@
+"""The per-worker training loop run by Ray Train: stream batches from this worker's shard, step the model,
+evaluate on the validation shard, report metrics and checkpoints. Only rank 0 logs to MLflow and writes
+checkpoints; every worker calls `ray.train.report`, as Train requires."""
+from __future__ import annotations
+
+import contextlib
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from pipelines.stream import ray_batches
+from seqlvm.checkpoint import read_checkpoint, save_checkpoint
+from seqlvm.config import TrainConfig
+from seqlvm.evaluation import TOTAL_KEYS, add_totals, summarize
+from seqlvm.models import build_model
+from seqlvm.objectives import kl_weight
+from seqlvm.tracking import MetricLogger
+
+MAX_CONSECUTIVE_NONFINITE = 20
+
+
+def say(line: str) -> None:
+    """Progress to the real stdout: Train patches print() into a logger that echoes every line twice."""
+    sys.__stdout__.write(line + "\n")
+    sys.__stdout__.flush()
+
+
+def all_reduce_sum(values: dict[str, float], device) -> dict[str, float]:
+    """Sum a dict of floats over workers (a no-op with one worker)."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return dict(values)
+    keys = sorted(values)
+    tensor = torch.tensor([values[k] for k in keys], dtype=torch.float64, device=device)
+    dist.all_reduce(tensor)
+    return dict(zip(keys, tensor.tolist()))
+
+
+def schedule_weight(step: int, cfg: TrainConfig) -> float:
+    return kl_weight(step, cfg.kl_anneal, rate=cfg.kl_anneal_rate, midpoint=cfg.kl_anneal_midpoint,
+                     warmup_steps=cfg.kl_warmup_steps, ceiling=cfg.kl_weight)
+
+
+def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def autocast_context(cfg: TrainConfig, device: torch.device):
+    if device.type != "cuda" or cfg.mixed_precision == "none":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if cfg.mixed_precision == "bf16" else torch.float16
+    return torch.autocast(device_type="cuda", dtype=dtype)
+
+
+def forward(model, batch: dict, weight: float, cfg: TrainConfig, device):
+    with autocast_context(cfg, device):
+        return model({k: v.to(device) for k, v in batch.items()}, kl_weight=weight)
+
+
+def apply_gradients(model, optimizer, loss: torch.Tensor, cfg: TrainConfig, scaler=None) -> None:
+    """Backward pass, gradient clipping and the optimiser step (with loss scaling for fp16)."""
+    optimizer.zero_grad(set_to_none=True)
+    if scaler:
+        scaler.scale(loss).backward()
+        scaler.unscale_(optimizer)
+    else:
+        loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+    if scaler:
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        optimizer.step()
+
+
+@torch.no_grad()
+def validate(model, shard, cfg: TrainConfig, device) -> dict[str, float]:
+    model.eval()
+    totals = {k: 0.0 for k in TOTAL_KEYS}
+    for i, batch in enumerate(ray_batches(shard, cfg.batch_size, cfg.bucket_factor)):
+        if cfg.eval_batches is not None and i >= cfg.eval_batches:
+            break
+        with autocast_context(cfg, device):
+            add_totals(totals, model({k: v.to(device) for k, v in batch.items()}).totals)
+    model.train()
+    return summarize(all_reduce_sum(totals, device), prefix="valid/")
+
+
+class Trainer:
+    """State of one worker's run; `run()` is the loop."""
+
+    def __init__(self, config: dict):
+        import ray.train
+        import ray.train.torch
+
+        self.config = config
+        self.cfg = TrainConfig(**config["train"])
+        context = ray.train.get_context()
+        self.rank, self.world = context.get_world_rank(), context.get_world_size()
+        torch.manual_seed(self.cfg.seed * 1000 + self.rank)
+        self.device = ray.train.torch.get_device()
+        self.net = build_model(config["model_name"], config["model"], len(config["vocab"]))
+        self.optimizer = make_optimizer(self.net, self.cfg)
+        self.step, self.epoch, self.skipped = 0, 0, 0
+        self._restore(ray.train.get_checkpoint())
+        self.model = ray.train.torch.prepare_model(self.net)
+        self.scaler = torch.amp.GradScaler("cuda") if (self.device.type == "cuda"
+                                                       and self.cfg.mixed_precision == "fp16") else None
+        self.logger = MetricLogger(config["tracking_uri"], config["mlflow_run_id"]) if self.rank == 0 else None
+
+    def _restore(self, checkpoint) -> None:
+        if checkpoint is None:
+            return
+        with checkpoint.as_directory() as folder:
+            payload = read_checkpoint(Path(folder) / "model.pt")
+        self.net.load_state_dict(payload["state_dict"])
+        self.optimizer.load_state_dict(payload["optimizer"])
+        self.step, self.epoch, self.skipped = payload["step"], payload["epoch"], payload.get("skipped_steps", 0)
+        if self.rank == 0:
+            say(f"resuming from step {self.step} (epoch {self.epoch})")
+
+    def _max_steps(self) -> float:
+        return self.cfg.max_steps if self.cfg.max_steps is not None else float("inf")
+
+    def _finished(self) -> bool:
+        return self.step >= self._max_steps() or self.epoch >= self.cfg.epochs
+
+    def _all_finite(self, loss: torch.Tensor) -> bool:
+        """Whether every worker's loss is finite: all must skip a step together, or DDP would deadlock."""
+        ok = torch.tensor([float(torch.isfinite(loss).item())], device=self.device)
+        if self.world > 1:
+            dist.all_reduce(ok, op=dist.ReduceOp.MIN)
+        return bool(ok.item())
+
+    def train_step(self, batch: dict) -> dict[str, torch.Tensor] | None:
+        out = forward(self.model, batch, schedule_weight(self.step + 1, self.cfg), self.cfg, self.device)
+        self.step += 1
+        if not self._all_finite(out.loss):
+            self.skipped += 1
+            self.consecutive_nonfinite += 1
+            if self.consecutive_nonfinite >= MAX_CONSECUTIVE_NONFINITE:
+                raise FloatingPointError(f"loss was NaN/inf for {MAX_CONSECUTIVE_NONFINITE} consecutive steps "
+                                         f"(last at step {self.step}); lower train.lr or check the data")
+            return None
+        self.consecutive_nonfinite = 0
+        apply_gradients(self.model, self.optimizer, out.loss, self.cfg, self.scaler)
+        return out.totals
+
+    def _checkpoint_and_report(self, metrics: dict[str, float]) -> None:
+        import ray.train
+
+        if self.rank != 0:
+            ray.train.report(metrics, checkpoint=None)
+            return
+        with tempfile.TemporaryDirectory() as folder:
+            save_checkpoint(Path(folder), self.net, optimizer=self.optimizer.state_dict(), step=self.step,
+                            epoch=self.epoch, skipped_steps=self.skipped, config=self.config["run_config"],
+                            vocab=self.config["vocab"], data_dir=self.config["data_dir"],
+                            mlflow_run_id=self.config["mlflow_run_id"])
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder),
+                             checkpoint_dir_name=f"checkpoint_{self.step:08d}")
+
+    def run(self) -> None:
+        import ray.train
+
+        cfg = self.cfg
+        train_shard = ray.train.get_dataset_shard("train")
+        valid_shard = ray.train.get_dataset_shard("valid")
+        self.consecutive_nonfinite = 0
+        window: dict[str, float] = {k: 0.0 for k in TOTAL_KEYS}
+        window_start = time.time()
+        last_reported = None
+        while not self._finished():
+            batches = ray_batches(train_shard, cfg.batch_size, cfg.bucket_factor, cfg.shuffle_buffer,
+                                  seed=cfg.seed * 100003 + self.epoch * 101 + self.rank)
+            for batch in batches:
+                totals = self.train_step(batch)
+                if totals is not None:
+                    add_totals(window, totals)
+                if self.step % cfg.log_every == 0:
+                    self._log_train(window, time.time() - window_start)
+                    window, window_start = {k: 0.0 for k in TOTAL_KEYS}, time.time()
+                if self.step % cfg.eval_every == 0 or self.step >= self._max_steps():
+                    self._evaluate_and_report(valid_shard)
+                    last_reported = self.step
+                if self.step >= self._max_steps():
+                    break
+            else:
+                self.epoch += 1
+        if last_reported != self.step:
+            self._evaluate_and_report(valid_shard)
+
+    def _log_train(self, window: dict[str, float], seconds: float) -> None:
+        totals = all_reduce_sum(window, self.device)
+        if self.rank != 0:
+            return
+        metrics = summarize(totals, prefix="train/") if totals["sentences"] else {}
+        metrics.update({"train/kl_weight": schedule_weight(self.step, self.cfg),
+                        "train/tokens_per_sec": totals["tokens"] / max(seconds, 1e-9),
+                        "train/skipped_steps": self.skipped, "epoch": self.epoch})
+        self.logger.log(metrics, self.step)
+        bound = metrics.get("train/nll_bound", float("nan"))
+        say(f"step {self.step:>6} | epoch {self.epoch} | nll bound {bound:8.2f} | "
+            f"kl {metrics.get('train/kl', 0.0):6.2f} | kl weight {metrics['train/kl_weight']:.3f} | "
+            f"{metrics['train/tokens_per_sec']:8.0f} tok/s")
+
+    def _evaluate_and_report(self, valid_shard) -> None:
+        metrics = validate(self.net, valid_shard, self.cfg, self.device)  # unwrapped: no DDP collectives
+        metrics.update(step=self.step, epoch=self.epoch, skipped_steps=self.skipped)
+        if self.rank == 0:
+            self.logger.log({k: v for k, v in metrics.items() if k.startswith("valid/")}, self.step)
+            say(f"step {self.step:>6} | valid nll bound {metrics['valid/nll_bound']:8.2f} | "
+                f"kl {metrics['valid/kl']:6.2f} | ppl {metrics['valid/ppl_bound']:8.1f}")
+        self._checkpoint_and_report(metrics)
+
+
+def train_loop_per_worker(config: dict) -> None:
+    Trainer(config).run()

@@ -1,0 +1,45 @@
+"""Shared fixtures. Ray tests share one local Ray instance per session (start-up costs 5-9 s and ~1 GB)."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
+os.environ.setdefault("RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS", "0")
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+
+
+def write_corpus(path: Path, sentences: list[str]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(sentences) + "\n")
+    return path
+
+
+SMALL_CORPUS = [
+    "the cat sat on the mat .", "a dog ran in the park .", "the cat ran to the dog .",
+    "my lord , the king is here .", "to be or not to be .", "the dog sat on the cat .",
+    "a king ran in the park .", "the mat is here .", "not the king , my lord !", "is the dog here ?",
+] * 6
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    import ray
+
+    ray.init(num_cpus=4, include_dashboard=True, log_to_driver=False,
+             object_store_memory=512 * 1024 * 1024)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def shakespeare(tmp_path_factory) -> Path:
+    """The built-in corpus, prepared once per session with a small vocabulary for fast models."""
+    from pipelines.text import TextOptions, prepare_text
+
+    out = tmp_path_factory.mktemp("data") / "shakespeare"
+    prepare_text("builtin:shakespeare", out, TextOptions(vocab_size=2000, max_length=30))
+    return out

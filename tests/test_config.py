@@ -1,0 +1,54 @@
+import pytest
+
+from seqlvm.config import build_run_config
+from seqlvm.errors import SeqlvmError
+from seqlvm.models import model_class
+
+
+def test_file_and_overrides_fill_the_dataclasses(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("model_name: sentence-vae\nmodel:\n  latent_dim: 7\ntrain:\n  lr: 0.01\n")
+    run, model_config = build_run_config(model_class, path, ["train.batch_size=8", "average_hidden=true",
+                                                             "max_steps=null", "kl_anneal=linear"])
+    assert model_config.latent_dim == 7 and model_config.average_hidden is True
+    assert run.train.lr == 0.01 and run.train.batch_size == 8 and run.train.max_steps is None
+    assert run.train.kl_anneal == "linear"
+
+
+def test_unknown_key_in_file_names_the_file_and_key(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("model:\n  latnt_dim: 7\n")
+    with pytest.raises(SeqlvmError, match=r"c.yaml: unknown config key 'model.latnt_dim'"):
+        build_run_config(model_class, path)
+
+
+def test_bad_overrides_are_rejected():
+    with pytest.raises(SeqlvmError, match="unknown config key 'train.nope'"):
+        build_run_config(model_class, None, ["train.nope=1"])
+    with pytest.raises(SeqlvmError, match="must be an integer"):
+        build_run_config(model_class, None, ["train.batch_size=2.5"])
+    with pytest.raises(SeqlvmError, match="kl_anneal"):
+        build_run_config(model_class, None, ["train.kl_anneal=cosine"])
+    with pytest.raises(SeqlvmError, match="key=value"):
+        build_run_config(model_class, None, ["lr"])
+    with pytest.raises(SeqlvmError, match="word_keep_rate"):
+        build_run_config(model_class, None, ["model.word_keep_rate=1.5"])
+
+
+def test_model_name_picks_the_config_class():
+    run, config = build_run_config(model_class, None, ["hidden_dim=9"], model_name="rnnlm")
+    assert run.model_name == "rnnlm" and config.hidden_dim == 9
+    with pytest.raises(SeqlvmError, match="unknown config key 'latent_dim'"):
+        build_run_config(model_class, None, ["latent_dim=3"], model_name="rnnlm")
+    with pytest.raises(SeqlvmError, match="unknown model"):
+        build_run_config(model_class, None, [], model_name="transformer")
+
+
+def test_packaged_configs_are_valid():
+    from pathlib import Path
+
+    import seqlvm
+    configs = sorted((Path(seqlvm.__file__).parent / "configs").glob("*.yaml"))
+    assert configs
+    for path in configs:
+        build_run_config(model_class, path)

@@ -1,0 +1,154 @@
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from pipelines.stream import collate
+from seqlvm.checkpoint import load_model, save_checkpoint
+from seqlvm.evaluation import active_units, evaluate, importance_weighted_nll
+from seqlvm.models import MODELS, build_model
+from seqlvm.vocab import SPECIALS
+
+VOCAB = 50
+
+
+def batch_of(sequences):
+    return collate(np.asarray(s) for s in sequences)
+
+
+def random_batch(n=6, seed=0):
+    rng = np.random.default_rng(seed)
+    return batch_of([rng.integers(4, VOCAB, size=rng.integers(2, 9)) for _ in range(n)])
+
+
+def small_vae(**overrides):
+    config = dict(embedding_dim=16, hidden_dim=24, latent_dim=4, word_keep_rate=1.0)
+    config.update(overrides)
+    return build_model("sentence-vae", config, VOCAB)
+
+
+def test_registry_lists_both_models():
+    assert {"sentence-vae", "rnnlm"} <= set(MODELS)
+
+
+def test_forward_returns_loss_and_summed_totals():
+    model = small_vae()
+    batch = random_batch()
+    out = model(batch, kl_weight=0.5)
+    assert out.loss.ndim == 0 and out.loss.requires_grad
+    assert out.totals["sentences"] == 6
+    assert out.totals["tokens"] == int(batch["lengths"].sum())
+    expected = (out.totals["recon"] + 0.5 * out.totals["kl"]) / 6
+    assert out.loss.item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_hidden_state_averaging_equals_plain_vae_with_one_sample():
+    plain = small_vae(latent_samples=1, average_hidden=False)
+    averaged = small_vae(latent_samples=1, average_hidden=True)
+    averaged.load_state_dict(plain.state_dict())
+    batch = random_batch()
+    torch.manual_seed(1)
+    a = plain(batch).loss
+    torch.manual_seed(1)
+    b = averaged(batch).loss
+    assert torch.allclose(a, b)
+
+
+def test_hidden_state_averaging_differs_from_sample_averaging_with_several_samples():
+    plain = small_vae(latent_samples=3, average_hidden=False)
+    averaged = small_vae(latent_samples=3, average_hidden=True)
+    averaged.load_state_dict(plain.state_dict())
+    batch = random_batch()
+    torch.manual_seed(1)
+    a = plain(batch).totals["recon"]
+    torch.manual_seed(1)
+    b = averaged(batch).totals["recon"]
+    assert not torch.allclose(a, b)
+
+
+def test_padding_does_not_change_per_sentence_likelihood():
+    model = small_vae().eval()
+    short, long = np.array([5, 6, 7]), np.array([8, 9, 10, 11, 12, 13, 14])
+    z = torch.randn(1, 1, 4)
+    alone = batch_of([short])
+    padded = batch_of([short, long])
+    nll_alone = model.reconstruction_nll(z, alone["inputs"], alone["targets"])
+    nll_padded = model.reconstruction_nll(z.expand(1, 2, 4), padded["inputs"], padded["targets"])
+    assert nll_padded[0, 0].item() == pytest.approx(nll_alone[0, 0].item(), rel=1e-5)
+    mu_alone, _ = model.encode(alone)
+    mu_padded, _ = model.encode(padded)
+    assert torch.allclose(mu_alone[0], mu_padded[0], atol=1e-5)
+
+
+def test_importance_weighted_nll_is_never_looser_than_the_elbo():
+    torch.manual_seed(0)
+    model = small_vae().eval()
+    batch = random_batch(n=8)
+    log_w = model.log_importance_weights(batch, 64)
+    # Jensen on the same samples: log mean exp >= mean log, for every sentence.
+    assert (torch.logsumexp(log_w, 0) - math.log(64) >= log_w.mean(0) - 1e-5).all()
+    # Against the analytic-KL ELBO: the IW bound with many samples is tighter (lower NLL).
+    with torch.no_grad():
+        out = model(batch)
+        elbo_nll = (out.totals["recon"] + out.totals["kl"]).item()
+        iw = importance_weighted_nll(model, batch, num_samples=500, chunk=64).sum().item()
+    assert iw <= elbo_nll + 1e-3
+
+
+def test_importance_weights_with_hidden_averaging_group_latents():
+    model = small_vae(latent_samples=2, average_hidden=True).eval()
+    assert model.log_importance_weights(random_batch(n=5), 7).shape == (7, 5)
+
+
+def test_rnnlm_exact_likelihood_equals_its_loss():
+    model = build_model("rnnlm", dict(embedding_dim=8, hidden_dim=8, word_keep_rate=1.0), VOCAB).eval()
+    batch = random_batch()
+    with torch.no_grad():
+        out = model(batch)
+        nll = importance_weighted_nll(model, batch, num_samples=10)
+    assert nll.sum().item() == pytest.approx(out.totals["recon"].item(), rel=1e-5)
+    assert out.totals["kl"] == 0
+
+
+def test_evaluate_reports_bounds_and_active_units():
+    torch.manual_seed(0)
+    model = small_vae()
+    metrics = evaluate(model, [random_batch(seed=s) for s in range(3)], iw_samples=20, chunk=8)
+    assert metrics["sentences"] == 18
+    assert metrics["iw_nll"] <= metrics["nll_bound"] + 1e-3
+    assert metrics["ppl_bound"] == pytest.approx(math.exp(metrics["nll_bound"] * 18 / metrics["tokens"]), rel=1e-6)
+    assert 0 <= metrics["active_units"] <= 4
+
+
+def test_active_units_counts_dimensions_that_vary():
+    means = torch.zeros(100, 3)
+    means[:, 1] = torch.linspace(-1, 1, 100)
+    assert active_units(means) == 1
+
+
+def test_generation_returns_vocabulary_ids_and_stops():
+    torch.manual_seed(0)
+    model = small_vae().eval()
+    ids = model.sample_prior(4, greedy=False, max_len=12)
+    assert ids.shape[0] == 4 and ids.shape[1] <= 12
+    assert int(ids.min()) >= 0 and int(ids.max()) < VOCAB
+
+
+def test_checkpoint_round_trip_with_weights_only(tmp_path):
+    model = small_vae(latent_samples=2)
+    vocab = list(SPECIALS) + [f"w{i}" for i in range(VOCAB - 4)]
+    save_checkpoint(tmp_path, model, vocab=vocab, step=3, config={"model_name": "sentence-vae"})
+    loaded, loaded_vocab, payload = load_model(str(tmp_path))
+    assert payload["step"] == 3 and loaded_vocab.words == vocab
+    assert loaded.config == model.config
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, loaded.state_dict()[key])
+
+
+def test_a_corrupt_checkpoint_is_a_one_line_error(tmp_path):
+    from seqlvm.errors import SeqlvmError
+
+    (tmp_path / "model.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(SeqlvmError, match="not a loadable seqlvm checkpoint"):
+        load_model(str(tmp_path))

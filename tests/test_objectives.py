@@ -1,0 +1,69 @@
+import pytest
+import torch
+
+from seqlvm.objectives import gaussian_kl, kl_weight, log_normal, word_dropout
+
+
+def test_gaussian_kl_matches_torch_distributions():
+    torch.manual_seed(0)
+    mu, logvar = torch.randn(5, 7), torch.randn(5, 7)
+    q = torch.distributions.Normal(mu, (0.5 * logvar).exp())
+    p = torch.distributions.Normal(torch.zeros(7), torch.ones(7))
+    expected = torch.distributions.kl_divergence(q, p).sum(-1)
+    assert torch.allclose(gaussian_kl(mu, logvar), expected, atol=1e-5)
+
+
+def test_log_normal_matches_torch_distributions():
+    x, mu, logvar = torch.randn(3, 4), torch.randn(3, 4), torch.randn(3, 4)
+    expected = torch.distributions.Normal(mu, (0.5 * logvar).exp()).log_prob(x).sum(-1)
+    assert torch.allclose(log_normal(x, mu, logvar), expected, atol=1e-5)
+    assert torch.allclose(log_normal(x), torch.distributions.Normal(0.0, 1.0).log_prob(x).sum(-1), atol=1e-5)
+
+
+# Bowman et al. (2016), Figure 2: the KL weight of a typical sigmoid schedule at some steps.
+FIGURE_2 = [(1, 0.000435), (501, 0.001469), (1001, 0.004951), (1501, 0.016551), (2001, 0.053856),
+            (2401, 0.131103)]
+
+
+def test_sigmoid_schedule_reproduces_bowman_figure_2():
+    # The figure's curve is a logistic with rate ~0.002437 and midpoint ~3177 steps.
+    for step, expected in FIGURE_2:
+        got = kl_weight(step, "sigmoid", rate=0.0024368, midpoint=3177)
+        assert got == pytest.approx(expected, rel=0.01)
+
+
+def test_sigmoid_schedule_is_monotone_and_bounded():
+    values = [kl_weight(s, "sigmoid", rate=0.01, midpoint=500, ceiling=0.8) for s in range(0, 3000, 50)]
+    assert all(a < b for a, b in zip(values, values[1:]))
+    assert values[-1] == pytest.approx(0.8, abs=1e-3) and values[0] < 0.01
+
+
+def test_linear_and_constant_schedules():
+    assert kl_weight(0, "linear", warmup_steps=100) == 0.0
+    assert kl_weight(50, "linear", warmup_steps=100) == pytest.approx(0.5)
+    assert kl_weight(1000, "linear", warmup_steps=100) == 1.0
+    assert kl_weight(1, "constant", ceiling=0.3) == 0.3
+    with pytest.raises(ValueError):
+        kl_weight(1, "cosine")
+
+
+def test_word_dropout_rate_and_protected_positions():
+    torch.manual_seed(0)
+    tokens = torch.randint(4, 1000, (200, 50))
+    protected = torch.zeros_like(tokens, dtype=torch.bool)
+    protected[:, 0] = True
+    dropped = word_dropout(tokens, keep_rate=0.62, unk_id=1, protected=protected)
+    replaced = (dropped[:, 1:] == 1).float().mean().item()
+    assert replaced == pytest.approx(0.38, abs=0.02)
+    assert torch.equal(dropped[:, 0], tokens[:, 0])
+    kept = dropped != 1
+    assert torch.equal(dropped[kept], tokens[kept])
+
+
+def test_word_dropout_extremes():
+    tokens = torch.randint(4, 100, (10, 8))
+    protected = torch.zeros_like(tokens, dtype=torch.bool)
+    protected[:, 0] = True
+    assert torch.equal(word_dropout(tokens, 1.0, 1, protected), tokens)
+    inputless = word_dropout(tokens, 0.0, 1, protected)
+    assert (inputless[:, 1:] == 1).all() and torch.equal(inputless[:, 0], tokens[:, 0])
