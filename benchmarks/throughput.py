@@ -5,9 +5,10 @@ throw-away MLflow store, and (2) by `seqlvm.local_training.train_locally` in thi
 
 Ray's steady-state rate is the mean of the `train/tokens_per_sec` windows its rank-0 worker logs to MLflow,
 first window excluded; the plain loop's is measured over the same windows (first excluded) with a forward
-hook that counts tokens.
+hook that counts tokens. Ray gives a Train worker holding 1 CPU OMP_NUM_THREADS=1, so torch runs one thread
+there: the plain loop is timed with this process's default thread count and with that of the worker.
 
-    .venv/bin/python benchmarks/throughput.py --steps 300 --batch-size 64
+    .venv/bin/python benchmarks/throughput.py --steps 300 --batch-size 64    # ~7 min on 2 CPU cores
 """
 from __future__ import annotations
 
@@ -34,7 +35,11 @@ from seqlvm.config import TrainConfig, build_run_config  # noqa: E402
 from seqlvm.local_training import train_locally  # noqa: E402
 from seqlvm.models import build_model, model_class  # noqa: E402
 from seqlvm.ray_runtime import ensure_ray  # noqa: E402
-from seqlvm.training import TrainRequest, _payload, _trainer  # noqa: E402
+from seqlvm.training import TrainRequest, build_payload, build_trainer  # noqa: E402
+
+
+def _torch_threads() -> int:
+    return torch.get_num_threads()
 
 
 def run_ray(data_dir: Path, vocab, overrides: list[str], workdir: Path, console: Console) -> dict:
@@ -48,12 +53,13 @@ def run_ray(data_dir: Path, vocab, overrides: list[str], workdir: Path, console:
     experiment = tracking.ensure_experiment(uri, "throughput", workdir)
     run_id, _ = tracking.start_or_resume_run(uri, experiment, "throughput", {})
     manifest = read_manifest(data_dir)
-    payload = _payload(request, run_config, manifest, vocab, uri, run_id)
+    payload = build_payload(request, run_config, manifest, vocab, uri, run_id)
     started = time.time()
     ensure_ray(1)
     try:
-        result = _trainer(request, payload, "throughput", workdir / "ray").fit()
+        result = build_trainer(request, payload, "throughput", workdir / "ray").fit()
         wall = time.time() - started
+        threads = ray.get(ray.remote(num_cpus=1)(_torch_threads).remote())  # as in the 1-CPU Train worker
     finally:
         ray.shutdown()
     if result.error:
@@ -61,31 +67,37 @@ def run_ray(data_dir: Path, vocab, overrides: list[str], workdir: Path, console:
     steps, rates = tracking.metric_history(uri, run_id, "train/tokens_per_sec")
     console.print(f"ray: {len(rates)} windows logged to MLflow at steps {steps[:3]}..{steps[-1:]}; "
                   f"first window {rates[0]:.0f} tok/s (excluded)")
-    return {"steady": statistics.mean(rates[1:]), "windows": len(rates) - 1, "wall": wall,
-            "final_step": int(result.metrics.get("step", 0))}
+    return {"steady": statistics.mean(rates[1:]), "windows": len(rates) - 1, "wall": wall, "threads": threads}
 
 
-def run_plain(data_dir: Path, payload_model: dict, cfg: TrainConfig, steps: int, vocab_size: int,
+def run_plain(sequences, model_config: dict, cfg: TrainConfig, steps: int, vocab_size: int, threads: int,
               console: Console) -> dict:
-    sequences = read_split(str(data_dir), "train")
+    """train_locally with `threads` torch threads; steady rate over the logged windows after the first."""
+    default_threads = torch.get_num_threads()
+    torch.set_num_threads(threads)
     torch.manual_seed(cfg.seed)
-    model = build_model("sentence-vae", payload_model, vocab_size)
-    counted = {"tokens": 0.0}
-    model.register_forward_hook(lambda _m, _i, out: counted.__setitem__(
-        "tokens", counted["tokens"] + float(out.totals["tokens"])))
-    marks: list[tuple[float, float]] = []  # (time, tokens so far) at each logged window
+    model = build_model("sentence-vae", model_config, vocab_size)
+    counted = [0.0]  # tokens through the model's forward so far
+
+    def count(_module, _inputs, out) -> None:
+        counted[0] += float(out.totals["tokens"])
+
+    model.register_forward_hook(count)
+    marks: list[tuple[float, float]] = []  # (time, tokens so far) at the end of each window
 
     def on_log(step: int, metrics: dict) -> None:
-        marks.append((time.time(), counted["tokens"]))
+        marks.append((time.time(), counted[0]))
         if step % (cfg.log_every * 5) == 0 or step == steps:
-            console.print(f"plain: step {step:>5}/{steps} | nll bound {metrics['nll_bound']:7.2f}")
+            console.print(f"plain ({threads} thread{'s' if threads > 1 else ''}): step {step:>5}/{steps} | "
+                          f"nll bound {metrics['nll_bound']:7.2f} | {time.time() - started:5.1f}s")
 
     started = time.time()
-    result = train_locally(model, sequences, cfg, steps, on_log)
-    wall = time.time() - started
+    try:
+        train_locally(model, sequences, cfg, steps, on_log)
+    finally:
+        torch.set_num_threads(default_threads)
     (t0, n0), (t1, n1) = marks[0], marks[-1]
-    return {"steady": (n1 - n0) / (t1 - t0), "windows": len(marks) - 1, "wall": wall,
-            "whole_run": result["tokens_per_sec"], "final_step": steps}
+    return {"steady": (n1 - n0) / (t1 - t0), "windows": len(marks) - 1, "wall": time.time() - started}
 
 
 def main() -> None:
@@ -98,36 +110,37 @@ def main() -> None:
     if args.steps < 3 * args.log_every:
         parser.error("--steps must cover at least 3 windows of --log-every steps")
 
-    console = Console(highlight=False)
+    console = Console(highlight=False, width=100)
     data_dir, vocab = prepare_shakespeare(args.data_dir, console)
-    # Evaluate only once, at the end (outside every timed window); one epoch is never reached.
+    # Evaluate only once, at the end (outside every timed window), on a few batches; one epoch is never reached.
     overrides = [f"model.{k}={v}" for k, v in MODEL.items()] + [
         f"train.batch_size={args.batch_size}", f"train.max_steps={args.steps}", "train.epochs=1000",
         f"train.log_every={args.log_every}", f"train.eval_every={args.steps + 1}", "train.eval_batches=5",
         "train.lr=0.002"]
     run_config, _ = build_run_config(model_class, None, overrides, "sentence-vae")
-    console.print(f"{args.steps} steps, batch {args.batch_size}, model {run_config.model}; "
-                  f"driver torch threads {torch.get_num_threads()}")
+    console.print(f"{args.steps} steps, batch {args.batch_size}, model {run_config.model}")
 
     with tempfile.TemporaryDirectory(prefix="seqlvm-throughput-") as tmp:
         ray_res = run_ray(data_dir, vocab, overrides, Path(tmp), console)
-    plain = run_plain(data_dir, run_config.model, run_config.train, args.steps, len(vocab), console)
+    started = time.time()
+    sequences = read_split(str(data_dir), "train")
+    read_seconds = time.time() - started
+    plain = {threads: run_plain(sequences, run_config.model, run_config.train, args.steps, len(vocab), threads,
+                                console)
+             for threads in sorted({torch.get_num_threads(), ray_res["threads"]}, reverse=True)}
 
-    table = Table(title=f"Training throughput, sentence VAE on Shakespeare: {args.steps} steps, "
-                        f"batch {args.batch_size}, windows of {args.log_every} steps")
-    table.add_column("loop")
-    table.add_column("steady tok/s (first window excluded)", justify="right")
-    table.add_column("windows", justify="right")
-    table.add_column("end-to-end wall s", justify="right")
-    table.add_column("ratio Ray / plain", justify="right")
-    table.add_row("Ray Train, 1 worker", f"{ray_res['steady']:,.0f}", str(ray_res["windows"]),
-                  f"{ray_res['wall']:.1f}", f"{ray_res['steady'] / plain['steady']:.2f}")
-    table.add_row("plain PyTorch", f"{plain['steady']:,.0f}", str(plain["windows"]), f"{plain['wall']:.1f}",
-                  "1.00")
+    table = Table(title=f"Training throughput: sentence VAE on Shakespeare, {args.steps} steps of batch "
+                        f"{args.batch_size}; steady = windows of {args.log_every} steps, first excluded")
+    for column in ("loop", "torch threads", "steady tok/s", "windows", "end-to-end s", "Ray / this"):
+        table.add_column(column, justify="left" if column == "loop" else "right")
+    table.add_row("Ray Train, 1 worker", str(ray_res["threads"]), f"{ray_res['steady']:,.0f}",
+                  str(ray_res["windows"]), f"{ray_res['wall']:.1f}", "")
+    for threads, res in plain.items():
+        table.add_row("plain PyTorch", str(threads), f"{res['steady']:,.0f}", str(res["windows"]),
+                      f"{res['wall'] + read_seconds:.1f}", f"{ray_res['steady'] / res['steady']:.2f}")
     console.print(table)
-    console.print(f"end-to-end (Ray incl. start-up, data streaming, final eval, checkpoint; plain incl. reading "
-                  f"the split): Ray {ray_res['wall']:.1f}s vs plain {plain['wall']:.1f}s; "
-                  f"plain whole-run {plain['whole_run']:,.0f} tok/s")
+    console.print("end-to-end: Ray from ray.init to fit() returning (start-up, Ray Data streaming, one final "
+                  "validation and checkpoint); plain: reading the split + train_locally")
 
 
 if __name__ == "__main__":

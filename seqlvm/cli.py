@@ -39,6 +39,8 @@ def _add_train(sub) -> None:
     train.add_argument("--model", help="registered model name (see `seqlvm models`; default sentence-vae)")
     train.add_argument("--config", help="YAML file with `model:` and `train:` sections")
     train.add_argument("--workers", type=int, default=1, help="Ray Train workers (DDP)")
+    train.add_argument("--cpus-per-worker", type=float, default=1.0,
+                       help="CPUs each worker reserves; also its torch thread count (default 1)")
     train.add_argument("--max-steps", type=int, help="stop after this many optimiser steps")
     train.add_argument("--tracking-uri", help="MLflow tracking URI (default $MLFLOW_TRACKING_URI or runs/mlflow.db)")
     train.add_argument("--experiment", default="seqlvm", help="MLflow experiment name")
@@ -55,7 +57,8 @@ def _add_evaluate_and_sample(sub) -> None:
     evaluate.add_argument("--data", help="prepared data (default: the data the model was trained on)")
     evaluate.add_argument("--split", default="test", choices=["train", "valid", "test"])
     evaluate.add_argument("--samples", type=int, default=500, help="importance samples per sentence")
-    evaluate.add_argument("--chunk", type=int, default=50, help="importance samples decoded at once (memory)")
+    evaluate.add_argument("--chunk", type=int, help="importance samples decoded at once (default: what fits "
+                                                    "a 256 MB logits budget)")
     evaluate.add_argument("--limit", type=int, help="evaluate only the first N sentences")
     evaluate.add_argument("--tracking-uri", help="MLflow tracking URI for runs:/ and models:/ checkpoints")
 
@@ -116,7 +119,8 @@ def cmd_train(args) -> None:
     from seqlvm.training import TrainRequest, run_training
 
     request = TrainRequest(data_dir=args.data, model_name=args.model, config_file=args.config,
-                           overrides=args.overrides, workers=args.workers, max_steps=args.max_steps,
+                           overrides=args.overrides, workers=args.workers,
+                           cpus_per_worker=args.cpus_per_worker, max_steps=args.max_steps,
                            tracking_uri=args.tracking_uri, experiment=args.experiment, name=args.name,
                            workdir=args.workdir, address=args.address, final_eval=not args.no_final_eval)
     result = run_training(request, console=console)

@@ -28,11 +28,23 @@ def add_totals(acc: dict[str, float], totals: dict[str, torch.Tensor]) -> None:
         acc[key] = acc.get(key, 0.0) + float(totals[key])
 
 
-def importance_weighted_nll(model: SequenceModel, batch: dict, num_samples: int, chunk: int = 50) -> torch.Tensor:
+LOGITS_BUDGET_BYTES = 256 * 2**20
+
+
+def samples_per_chunk(model: SequenceModel, batch: dict, budget_bytes: int = LOGITS_BUDGET_BYTES) -> int:
+    """How many importance samples to decode at once so one chunk's logits stay within the budget."""
+    logits_bytes = batch["targets"].numel() * model.vocab_size * 4
+    return max(1, budget_bytes // max(1, logits_bytes))
+
+
+def importance_weighted_nll(model: SequenceModel, batch: dict, num_samples: int,
+                            chunk: int | None = None) -> torch.Tensor:
     """-log p(x) estimated as -log (1/K) sum_k p(x, z_k) / q(z_k | x), per sentence; K samples drawn in chunks
-    of `chunk` to bound memory. Never looser than the ELBO in expectation (Burda et al., 2016)."""
+    (by default sized to a fixed logits memory budget). Never looser than the ELBO in expectation
+    (Burda et al., 2016)."""
     if not model.has_latent:
         return -model.log_importance_weights(batch, 1)[0]
+    chunk = chunk or samples_per_chunk(model, batch)
     log_w = torch.cat([model.log_importance_weights(batch, min(chunk, num_samples - start))
                        for start in range(0, num_samples, chunk)])
     return -(torch.logsumexp(log_w, dim=0) - math.log(num_samples))
@@ -46,7 +58,7 @@ def active_units(means: torch.Tensor, threshold: float = 0.01) -> int:
 
 
 @torch.no_grad()
-def evaluate(model: SequenceModel, batches: Iterable[dict], iw_samples: int = 0, chunk: int = 50,
+def evaluate(model: SequenceModel, batches: Iterable[dict], iw_samples: int = 0, chunk: int | None = None,
              device: str | torch.device = "cpu") -> dict[str, float]:
     """ELBO terms, NLL bound and perplexity over the batches; with iw_samples > 0 also the importance-weighted
     NLL and perplexity; with a latent, the number of active units."""

@@ -16,13 +16,14 @@ from seqlvm.train_loop import apply_gradients, forward, make_optimizer, schedule
 
 
 def train_locally(model: SequenceModel, sequences: list[np.ndarray], cfg: TrainConfig, steps: int,
-                  on_log: Callable[[int, dict], None] | None = None) -> dict:
+                  on_log: Callable[[int, dict], None] | None = None, device: str = "cpu") -> dict:
     """Train for `steps` optimiser steps over shuffled epochs of `sequences`. Returns the last logged window's
     metrics plus tokens/sec over the whole run."""
     torch.manual_seed(cfg.seed)
+    device = torch.device(device)
+    model.to(device).train()
     optimizer = make_optimizer(model, cfg)
-    model.train()
-    device = torch.device("cpu")
+    scaler = torch.amp.GradScaler("cuda") if device.type == "cuda" and cfg.mixed_precision == "fp16" else None
     step, epoch, tokens, started = 0, 0, 0.0, time.time()
     window = {k: 0.0 for k in TOTAL_KEYS}
     metrics: dict = {}
@@ -32,7 +33,7 @@ def train_locally(model: SequenceModel, sequences: list[np.ndarray], cfg: TrainC
             out = forward(model, batch, weight, cfg, device)
             step += 1
             if torch.isfinite(out.loss):
-                apply_gradients(model, optimizer, out.loss, cfg)
+                apply_gradients(model, optimizer, out.loss, cfg, scaler)
                 add_totals(window, out.totals)
                 tokens += float(out.totals["tokens"])
             if step % cfg.log_every == 0 or step == steps:
@@ -43,5 +44,7 @@ def train_locally(model: SequenceModel, sequences: list[np.ndarray], cfg: TrainC
             if step >= steps:
                 break
         epoch += 1
+    if device.type == "cuda":
+        torch.cuda.synchronize()
     metrics["tokens_per_sec"] = tokens / (time.time() - started)
     return metrics

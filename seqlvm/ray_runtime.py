@@ -4,12 +4,15 @@ The dashboard (on 127.0.0.1) is on by default: Train's placement-group cleaner q
 through it, and without it groups leak and Tune trials wait forever for workers."""
 from __future__ import annotations
 
+import math
 import os
 
-QUIET_ENV = {"RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS": "0", "RAY_USAGE_STATS_ENABLED": "0"}
+# Ray Data's per-operator progress bars would drown the training progress lines the rank-0 worker prints.
+QUIET_ENV = {"RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS": "0", "RAY_USAGE_STATS_ENABLED": "0",
+             "RAY_DATA_DISABLE_PROGRESS_BARS": "1"}
 
 
-def ensure_ray(workers: int = 1, address: str | None = None, dashboard: bool = True):
+def ensure_ray(worker_cpus: float = 1, address: str | None = None, dashboard: bool = True):
     import ray
 
     for key, value in QUIET_ENV.items():
@@ -20,7 +23,9 @@ def ensure_ray(workers: int = 1, address: str | None = None, dashboard: bool = T
     if address:
         ray.init(address=address, log_to_driver=True)
     else:
-        cpus = max(os.cpu_count() or 1, workers) + 2
+        cpus = max(os.cpu_count() or 1, math.ceil(worker_cpus)) + 2
         ray.init(num_cpus=cpus, include_dashboard=dashboard, log_to_driver=True,
                  object_store_memory=512 * 1024 * 1024)
+    import ray.data
+    ray.data.DataContext.get_current().enable_progress_bars = False
     return ray

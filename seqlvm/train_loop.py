@@ -106,7 +106,7 @@ class Trainer:
         self.device = ray.train.torch.get_device()
         self.net = build_model(config["model_name"], config["model"], len(config["vocab"]))
         self.optimizer = make_optimizer(self.net, self.cfg)
-        self.step, self.epoch, self.skipped = 0, 0, 0
+        self.step, self.epoch, self.skipped, self.consecutive_nonfinite = 0, 0, 0, 0
         self._restore(ray.train.get_checkpoint())
         self.model = ray.train.torch.prepare_model(self.net)
         self.scaler = torch.amp.GradScaler("cuda") if (self.device.type == "cuda"
@@ -171,9 +171,9 @@ class Trainer:
         cfg = self.cfg
         train_shard = ray.train.get_dataset_shard("train")
         valid_shard = ray.train.get_dataset_shard("valid")
-        self.consecutive_nonfinite = 0
         window: dict[str, float] = {k: 0.0 for k in TOTAL_KEYS}
-        window_start = time.time()
+        # Throughput counts the time spent waiting for batches and stepping, not evaluations and checkpoints.
+        window_seconds, clock = 0.0, time.time()
         last_reported = None
         while not self._finished():
             batches = ray_batches(train_shard, cfg.batch_size, cfg.bucket_factor, cfg.shuffle_buffer,
@@ -182,12 +182,14 @@ class Trainer:
                 totals = self.train_step(batch)
                 if totals is not None:
                     add_totals(window, totals)
+                window_seconds += time.time() - clock
                 if self.step % cfg.log_every == 0:
-                    self._log_train(window, time.time() - window_start)
-                    window, window_start = {k: 0.0 for k in TOTAL_KEYS}, time.time()
+                    self._log_train(window, window_seconds)
+                    window, window_seconds = {k: 0.0 for k in TOTAL_KEYS}, 0.0
                 if self.step % cfg.eval_every == 0 or self.step >= self._max_steps():
                     self._evaluate_and_report(valid_shard)
                     last_reported = self.step
+                clock = time.time()
                 if self.step >= self._max_steps():
                     break
             else:

@@ -28,6 +28,7 @@ class TrainRequest:
     config_file: str | None = None
     overrides: list[str] = field(default_factory=list)
     workers: int = 1
+    cpus_per_worker: float = 1.0
     max_steps: int | None = None
     tracking_uri: str | None = None
     experiment: str = "seqlvm"
@@ -47,7 +48,7 @@ class TrainResult:
     test_metrics: dict
 
 
-def _payload(request: TrainRequest, run_config, manifest: dict, vocab: Vocab, tracking_uri: str,
+def build_payload(request: TrainRequest, run_config, manifest: dict, vocab: Vocab, tracking_uri: str,
              run_id: str) -> dict:
     run_config_dict = {"model_name": run_config.model_name, "model": run_config.model,
                        "train": dataclasses.asdict(run_config.train)}
@@ -57,7 +58,7 @@ def _payload(request: TrainRequest, run_config, manifest: dict, vocab: Vocab, tr
             "tracking_uri": tracking_uri, "mlflow_run_id": run_id}
 
 
-def _trainer(request: TrainRequest, payload: dict, run_name: str, storage: Path):
+def build_trainer(request: TrainRequest, payload: dict, run_name: str, storage: Path):
     import ray.train
     from ray.train.torch import TorchTrainer
 
@@ -65,14 +66,17 @@ def _trainer(request: TrainRequest, payload: dict, run_name: str, storage: Path)
     return TorchTrainer(
         train_loop_per_worker,
         train_loop_config=payload,
-        scaling_config=ray.train.ScalingConfig(num_workers=request.workers, use_gpu=train_cfg["use_gpu"]),
+        # Ray sets each worker's torch/OMP thread count from its CPU share.
+        scaling_config=ray.train.ScalingConfig(num_workers=request.workers, use_gpu=train_cfg["use_gpu"],
+                                               resources_per_worker={"CPU": request.cpus_per_worker}),
         run_config=ray.train.RunConfig(
             name=run_name, storage_path=str(storage),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=train_cfg["keep_checkpoints"]),
             failure_config=ray.train.FailureConfig(max_failures=2)),
-        # The validation split is small and read at every evaluation: materialise it once instead of
-        # re-reading its files each time. The training split streams.
-        datasets={"train": ray_dataset(request.data_dir, "train"),
+        # The training split streams, its shards in a new random order each epoch (rows are shuffled further
+        # in the workers' local buffers). The validation split is small and read at every evaluation:
+        # materialise it once instead of re-reading its files each time.
+        datasets={"train": ray_dataset(request.data_dir, "train").randomize_block_order(),
                   "valid": ray_dataset(request.data_dir, "valid").materialize()},
     )
 
@@ -86,8 +90,8 @@ def run_training(request: TrainRequest, console=None) -> TrainResult:
     if request.max_steps is not None:
         overrides.append(f"train.max_steps={request.max_steps}")
     run_config, _ = build_run_config(model_class, request.config_file, overrides, request.model_name)
-    if request.workers < 1:
-        raise SeqlvmError("--workers must be at least 1")
+    if request.workers < 1 or request.cpus_per_worker <= 0:
+        raise SeqlvmError("--workers must be at least 1 and --cpus-per-worker above 0")
 
     workdir = Path(request.workdir).absolute()
     workdir.mkdir(parents=True, exist_ok=True)
@@ -98,7 +102,7 @@ def run_training(request: TrainRequest, console=None) -> TrainResult:
     run_id, resumed = tracking.start_or_resume_run(tracking_uri, experiment_id, run_name, {
         "seqlvm.model": run_config.model_name, "seqlvm.data_dir": str(Path(request.data_dir).absolute()),
         "seqlvm.data_source": manifest.get("source", ""), "seqlvm.data_fingerprint": manifest.get("fingerprint", "")})
-    payload = _payload(request, run_config, manifest, vocab, tracking_uri, run_id)
+    payload = build_payload(request, run_config, manifest, vocab, tracking_uri, run_id)
     tracking.log_params(tracking_uri, run_id, {
         **tracking.flatten("", payload["run_config"]), "workers": request.workers,
         "data.sentences_train": manifest["splits"]["train"]["sentences"], "data.vocab_size": len(vocab)})
@@ -106,9 +110,9 @@ def run_training(request: TrainRequest, console=None) -> TrainResult:
         verb = "resuming" if resumed else "starting"
         console.print(f"{verb} run [bold]{run_name}[/] (MLflow run {run_id}, {tracking_uri})")
 
-    ensure_ray(request.workers, request.address)
+    ensure_ray(request.workers * request.cpus_per_worker, request.address)
     try:
-        result = _trainer(request, payload, run_name, workdir / "ray").fit()
+        result = build_trainer(request, payload, run_name, workdir / "ray").fit()
     except Exception as exc:
         tracking.client(tracking_uri).set_terminated(run_id, status="FAILED")
         raise SeqlvmError(f"training run {run_name} failed: {_root_cause(exc)}") from exc
@@ -138,7 +142,7 @@ def _root_cause(exc: BaseException) -> str:
 
 
 def evaluate_checkpoint(checkpoint: str, data_dir: str | None, split: str = "test", iw_samples: int = 500,
-                        batch_size: int = 64, chunk: int = 50, limit: int | None = None,
+                        batch_size: int = 64, chunk: int | None = None, limit: int | None = None,
                         tracking_uri: str | None = None) -> dict:
     model, _, payload = load_model(checkpoint, tracking_uri)
     data_dir = data_dir or payload.get("data_dir")

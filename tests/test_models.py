@@ -6,7 +6,7 @@ import torch
 
 from pipelines.stream import collate
 from seqlvm.checkpoint import load_model, save_checkpoint
-from seqlvm.evaluation import active_units, evaluate, importance_weighted_nll
+from seqlvm.evaluation import active_units, evaluate, importance_weighted_nll, samples_per_chunk
 from seqlvm.models import MODELS, build_model
 from seqlvm.vocab import SPECIALS
 
@@ -43,28 +43,27 @@ def test_forward_returns_loss_and_summed_totals():
     assert out.loss.item() == pytest.approx(expected.item(), rel=1e-5)
 
 
-def test_hidden_state_averaging_equals_plain_vae_with_one_sample():
-    plain = small_vae(latent_samples=1, average_hidden=False)
-    averaged = small_vae(latent_samples=1, average_hidden=True)
+def plain_and_averaged_recon(latent_samples: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Reconstruction terms of a plain multi-sample VAE and its hidden-averaging twin: same weights, same noise."""
+    plain = small_vae(latent_samples=latent_samples, average_hidden=False)
+    averaged = small_vae(latent_samples=latent_samples, average_hidden=True)
     averaged.load_state_dict(plain.state_dict())
     batch = random_batch()
-    torch.manual_seed(1)
-    a = plain(batch).loss
-    torch.manual_seed(1)
-    b = averaged(batch).loss
-    assert torch.allclose(a, b)
+    results = []
+    for model in (plain, averaged):
+        torch.manual_seed(1)
+        results.append(model(batch).totals["recon"])
+    return results[0], results[1]
+
+
+def test_hidden_state_averaging_equals_plain_vae_with_one_sample():
+    plain, averaged = plain_and_averaged_recon(1)
+    assert torch.allclose(plain, averaged)
 
 
 def test_hidden_state_averaging_differs_from_sample_averaging_with_several_samples():
-    plain = small_vae(latent_samples=3, average_hidden=False)
-    averaged = small_vae(latent_samples=3, average_hidden=True)
-    averaged.load_state_dict(plain.state_dict())
-    batch = random_batch()
-    torch.manual_seed(1)
-    a = plain(batch).totals["recon"]
-    torch.manual_seed(1)
-    b = averaged(batch).totals["recon"]
-    assert not torch.allclose(a, b)
+    plain, averaged = plain_and_averaged_recon(3)
+    assert not torch.allclose(plain, averaged)
 
 
 def test_padding_does_not_change_per_sentence_likelihood():
@@ -94,6 +93,13 @@ def test_importance_weighted_nll_is_never_looser_than_the_elbo():
         elbo_nll = (out.totals["recon"] + out.totals["kl"]).item()
         iw = importance_weighted_nll(model, batch, num_samples=500, chunk=64).sum().item()
     assert iw <= elbo_nll + 1e-3
+
+
+def test_importance_sample_chunks_respect_the_logits_budget():
+    model, batch = small_vae(), random_batch()
+    per_sample = batch["targets"].numel() * VOCAB * 4
+    assert samples_per_chunk(model, batch, budget_bytes=per_sample * 3 + 1) == 3
+    assert samples_per_chunk(model, batch, budget_bytes=1) == 1
 
 
 def test_importance_weights_with_hidden_averaging_group_latents():
