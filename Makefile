@@ -21,7 +21,7 @@ $(VENV)/.installed: pyproject.toml
 demo: setup
 	$(SEQLVM) prepare text --source builtin:shakespeare --out $(DEMO_DATA)
 	$(SEQLVM) train --data $(DEMO_DATA) --config seqlvm/configs/sentence-vae.yaml --workers 2 --name $(DEMO_RUN)
-	$(SEQLVM) evaluate runs/ray/$(DEMO_RUN) --samples 50
+	$(SEQLVM) evaluate runs/ray/$(DEMO_RUN) --samples 20
 	$(SEQLVM) sample runs/ray/$(DEMO_RUN) --n 5 --sentence "my lord , the king is dead ." \
 		--between "good morrow , my lord ." "i will not go with thee ."
 

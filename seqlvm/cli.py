@@ -109,8 +109,7 @@ def metrics_table(title: str, rows: dict[str, dict[str, float]]) -> Table:
         cells = []
         for metrics in rows.values():
             value = metrics.get(key)
-            cells.append("" if value is None else (f"{value:,.0f}" if float(value).is_integer() and abs(value) > 1
-                                                   else f"{value:.3f}"))
+            cells.append("" if value is None else (f"{value:,.0f}" if float(value).is_integer() else f"{value:.3f}"))
         table.add_row(key, *cells)
     return table
 
@@ -134,7 +133,8 @@ def cmd_evaluate(args) -> None:
     from seqlvm.training import evaluate_checkpoint
 
     metrics = evaluate_checkpoint(args.checkpoint, args.data, args.split, iw_samples=args.samples,
-                                  chunk=args.chunk, limit=args.limit, tracking_uri=args.tracking_uri)
+                                  chunk=args.chunk, limit=args.limit, tracking_uri=args.tracking_uri,
+                                  console=console)
     out.print(metrics_table(f"{args.checkpoint} on {args.split}", {args.split: metrics}))
 
 

@@ -143,7 +143,7 @@ def _root_cause(exc: BaseException) -> str:
 
 def evaluate_checkpoint(checkpoint: str, data_dir: str | None, split: str = "test", iw_samples: int = 500,
                         batch_size: int = 64, chunk: int | None = None, limit: int | None = None,
-                        tracking_uri: str | None = None) -> dict:
+                        tracking_uri: str | None = None, console=None) -> dict:
     model, _, payload = load_model(checkpoint, tracking_uri)
     data_dir = data_dir or payload.get("data_dir")
     if not data_dir:
@@ -153,4 +153,9 @@ def evaluate_checkpoint(checkpoint: str, data_dir: str | None, split: str = "tes
         raise SeqlvmError(f"{data_dir}: its vocabulary differs from the checkpoint's; "
                           "evaluate on data prepared with the same vocabulary")
     sequences = read_split(data_dir, split, limit)
-    return evaluate(model, local_batches(sequences, batch_size, bucket_factor=20), iw_samples, chunk)
+    batches = list(local_batches(sequences, batch_size, bucket_factor=20))
+    if console is not None:
+        from rich.progress import track
+        batches = track(batches, console=console, transient=True,
+                        description=f"evaluating {len(sequences):,} sentences, {iw_samples} importance samples")
+    return evaluate(model, batches, iw_samples, chunk)
