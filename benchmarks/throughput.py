@@ -28,7 +28,6 @@ from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
 from _common import DEFAULT_DATA, MODEL, prepare_shakespeare  # noqa: E402
-from pipelines.shards import read_manifest  # noqa: E402
 from pipelines.stream import read_split  # noqa: E402
 from seqlvm import tracking  # noqa: E402
 from seqlvm.config import TrainConfig, build_run_config  # noqa: E402
@@ -52,8 +51,7 @@ def run_ray(data_dir: Path, vocab, overrides: list[str], workdir: Path, console:
     uri = tracking.default_tracking_uri(workdir)
     experiment = tracking.ensure_experiment(uri, "throughput", workdir)
     run_id, _ = tracking.start_or_resume_run(uri, experiment, "throughput", {})
-    manifest = read_manifest(data_dir)
-    payload = build_payload(request, run_config, manifest, vocab, uri, run_id)
+    payload = build_payload(request, run_config, vocab, uri, run_id)
     started = time.time()
     ensure_ray(1)
     try:

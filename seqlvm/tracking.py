@@ -137,4 +137,5 @@ def check_reachable(tracking_uri: str) -> None:
     try:
         client(tracking_uri).search_experiments(max_results=1)
     except Exception as exc:  # connection errors come in many types
-        raise SeqlvmError(f"MLflow tracking store {tracking_uri} is not reachable ({str(exc).splitlines()[0]})") from None
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise SeqlvmError(f"MLflow tracking store {tracking_uri} is not reachable ({reason})") from None

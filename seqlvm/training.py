@@ -48,14 +48,14 @@ class TrainResult:
     test_metrics: dict
 
 
-def build_payload(request: TrainRequest, run_config, manifest: dict, vocab: Vocab, tracking_uri: str,
-             run_id: str) -> dict:
+def build_payload(request: TrainRequest, run_config, vocab: Vocab, tracking_uri: str, run_id: str) -> dict:
+    """Everything a worker needs, as plain data: the run config (also stored in checkpoints), the vocabulary,
+    where the data is and which MLflow run to log to."""
     run_config_dict = {"model_name": run_config.model_name, "model": run_config.model,
                        "train": dataclasses.asdict(run_config.train)}
-    return {"model_name": run_config.model_name, "model": run_config.model,
-            "train": dataclasses.asdict(run_config.train), "run_config": run_config_dict,
-            "vocab": vocab.words, "data_dir": str(Path(request.data_dir).absolute()),
-            "tracking_uri": tracking_uri, "mlflow_run_id": run_id}
+    return {**run_config_dict, "run_config": run_config_dict, "vocab": vocab.words,
+            "data_dir": str(Path(request.data_dir).absolute()), "tracking_uri": tracking_uri,
+            "mlflow_run_id": run_id}
 
 
 def build_trainer(request: TrainRequest, payload: dict, run_name: str, storage: Path):
@@ -84,7 +84,8 @@ def build_trainer(request: TrainRequest, payload: dict, run_name: str, storage: 
 def run_training(request: TrainRequest, console=None) -> TrainResult:
     manifest = read_manifest(request.data_dir)
     if manifest.get("modality") != "text":
-        raise SeqlvmError(f"{request.data_dir}: modality {manifest.get('modality')!r} is not supported by these models")
+        raise SeqlvmError(f"{request.data_dir}: modality {manifest.get('modality')!r} is not supported "
+                          "by the text models")
     vocab = Vocab.load(Path(request.data_dir) / "vocab.json")
     overrides = list(request.overrides)
     if request.max_steps is not None:
@@ -102,7 +103,7 @@ def run_training(request: TrainRequest, console=None) -> TrainResult:
     run_id, resumed = tracking.start_or_resume_run(tracking_uri, experiment_id, run_name, {
         "seqlvm.model": run_config.model_name, "seqlvm.data_dir": str(Path(request.data_dir).absolute()),
         "seqlvm.data_source": manifest.get("source", ""), "seqlvm.data_fingerprint": manifest.get("fingerprint", "")})
-    payload = build_payload(request, run_config, manifest, vocab, tracking_uri, run_id)
+    payload = build_payload(request, run_config, vocab, tracking_uri, run_id)
     tracking.log_params(tracking_uri, run_id, {
         **tracking.flatten("", payload["run_config"]), "workers": request.workers,
         "data.sentences_train": manifest["splits"]["train"]["sentences"], "data.vocab_size": len(vocab)})
