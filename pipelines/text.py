@@ -18,7 +18,8 @@ from typing import Iterator
 
 import pyarrow as pa
 
-from pipelines.shards import (SPLITS, ShardWriter, atomic_output, is_up_to_date, split_of, write_manifest)
+from pipelines.shards import (SPLITS, ShardWriter, atomic_output, is_up_to_date, read_manifest, split_of,
+                              write_manifest)
 from seqlvm.errors import SeqlvmError
 from seqlvm.vocab import SPECIALS, UNK_ID, Vocab
 
@@ -234,7 +235,6 @@ def prepare_text(spec: str, out: str | Path, options: TextOptions, overwrite: bo
     source = Source(spec, options)
     fingerprint = source.fingerprint()
     if is_up_to_date(out, fingerprint):
-        from pipelines.shards import read_manifest
         if console:
             console.print(f"{out}: already prepared from this input with these options; nothing to do")
         return read_manifest(out)
