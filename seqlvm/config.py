@@ -80,6 +80,11 @@ def _check_value(section: str, key: str, value: Any, default: Any, source: str) 
         if not isinstance(value, bool):
             raise SeqlvmError(f"{source}: {section}.{key} must be true or false, got {value!r}")
         return value
+    if isinstance(default, float) and isinstance(value, str):
+        try:  # YAML 1.1 reads 1e-3 (no dot in the mantissa) as a string
+            value = float(value)
+        except ValueError:
+            pass
     if isinstance(default, (int, float)) and not isinstance(value, bool) and isinstance(value, (int, float)):
         if isinstance(default, int) and isinstance(value, float) and not value.is_integer():
             raise SeqlvmError(f"{source}: {section}.{key} must be an integer, got {value!r}")

@@ -7,7 +7,7 @@ from seqlvm.models import model_class
 
 def test_file_and_overrides_fill_the_dataclasses(tmp_path):
     path = tmp_path / "c.yaml"
-    path.write_text("model_name: sentence-vae\nmodel:\n  latent_dim: 7\ntrain:\n  lr: 0.01\n")
+    path.write_text("model_name: sentence-vae\nmodel:\n  latent_dim: 7\ntrain:\n  lr: 1e-2\n")
     run, model_config = build_run_config(model_class, path, ["train.batch_size=8", "average_hidden=true",
                                                              "max_steps=null", "kl_anneal=linear"])
     assert model_config.latent_dim == 7 and model_config.average_hidden is True
@@ -20,6 +20,13 @@ def test_unknown_key_in_file_names_the_file_and_key(tmp_path):
     path.write_text("model:\n  latnt_dim: 7\n")
     with pytest.raises(SeqlvmError, match=r"c.yaml: unknown config key 'model.latnt_dim'"):
         build_run_config(model_class, path)
+
+
+def test_exponent_floats_are_numbers():
+    run, _ = build_run_config(model_class, None, ["train.lr=1e-3", "kl_anneal_rate=2E-4"])
+    assert run.train.lr == 0.001 and run.train.kl_anneal_rate == 0.0002
+    with pytest.raises(SeqlvmError, match="train.lr has the wrong type"):
+        build_run_config(model_class, None, ["train.lr=fast"])
 
 
 def test_bad_overrides_are_rejected():
