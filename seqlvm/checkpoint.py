@@ -32,8 +32,11 @@ def resolve_checkpoint(spec: str, tracking_uri: str | None = None) -> Path:
     """Path to a model.pt from a folder, a run folder, or an MLflow `runs:/` / `models:/` URI."""
     if spec.startswith(("runs:/", "models:/")):
         import mlflow
-        if tracking_uri:
-            mlflow.set_tracking_uri(tracking_uri)
+
+        from seqlvm.tracking import resolve_tracking_uri
+        uri = resolve_tracking_uri(tracking_uri, Path("runs"))  # the CLI's default store
+        mlflow.set_tracking_uri(uri)
+        mlflow.set_registry_uri(uri)
         target = Path(tempfile.mkdtemp(prefix="seqlvm-ckpt-"))
         try:
             local = Path(mlflow.artifacts.download_artifacts(artifact_uri=spec, dst_path=str(target)))

@@ -1,7 +1,8 @@
-"""The `seqlvm` command line: prepare, train, evaluate, sample, models."""
+"""The `seqlvm` command line: prepare, train, tune, registry, evaluate, sample, models."""
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from dataclasses import fields
 
@@ -11,7 +12,8 @@ from rich.table import Table
 from seqlvm.errors import SeqlvmError
 
 console = Console(stderr=True)
-out = Console()
+# Tables go to stdout; when it is a file or pipe, rich would cut them at 80 columns.
+out = Console(width=None if sys.stdout.isatty() else 160)
 
 
 def _add_prepare(sub) -> None:
@@ -51,6 +53,56 @@ def _add_train(sub) -> None:
     train.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. train.lr=0.01")
 
 
+def _add_tune(sub) -> None:
+    tune = sub.add_parser("tune", help="hyperparameter sweep: Ray Tune over Ray Train trials, best model registered")
+    tune.add_argument("--data", help="a folder written by `seqlvm prepare` (not needed with --resume)")
+    tune.add_argument("--model", help="model name (default: the config's model_name, else sentence-vae)")
+    tune.add_argument("--config", help="YAML file: `model:`/`train:` as for train, `tune:` with space and min_kl")
+    tune.add_argument("--num-samples", type=int, default=8, help="trials in the sweep (default 8)")
+    tune.add_argument("--search", default="tpe", choices=["tpe", "gp", "random"],
+                      help="Optuna TPE (default), Optuna Gaussian process, or random search")
+    tune.add_argument("--scheduler", default="asha", choices=["asha", "none"], help="early stopping (default asha)")
+    tune.add_argument("--max-steps", type=int, help="optimiser steps per trial (default: train.max_steps)")
+    tune.add_argument("--workers", type=int, default=1, help="Ray Train workers per trial")
+    tune.add_argument("--cpus-per-worker", type=float, default=1.0)
+    tune.add_argument("--max-concurrent", type=int, help="trials at once (default: what the cluster's CPUs hold)")
+    tune.add_argument("--startup-trials", type=int, help="random trials before the Bayesian model takes over "
+                                                          "(default: a quarter of the trials, 2 to 10)")
+    tune.add_argument("--min-kl", type=float, help="validation KL (nats) below which a trial is penalised as "
+                                                   "collapsed (default: the config's tune.min_kl, else 0)")
+    tune.add_argument("--seed", type=int, default=0, help="seed of the search algorithm")
+    tune.add_argument("--iw-samples", type=int, default=20,
+                      help="importance samples when evaluating the best checkpoint (default 20)")
+    tune.add_argument("--tracking-uri", help="MLflow tracking URI (default $MLFLOW_TRACKING_URI or runs/mlflow.db)")
+    tune.add_argument("--experiment", default="seqlvm", help="MLflow experiment name")
+    tune.add_argument("--name", help="sweep name (default: model and time); --resume continues it")
+    tune.add_argument("--workdir", default="runs", help="local folder for the default MLflow store and Ray storage")
+    tune.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS or a local Ray)")
+    tune.add_argument("--registered-name", help="registered model (default: MODEL-CORPUS, e.g. sentence-vae-shakespeare)")
+    tune.add_argument("--no-register", action="store_true", help="do not register the best checkpoint")
+    tune.add_argument("--resume", action="store_true",
+                      help="continue the sweep --name (default: the latest) with its original settings")
+    tune.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides shared by all trials")
+
+
+def _add_registry(sub) -> None:
+    reg = sub.add_parser("registry", help="the MLflow model registry: list, show, promote, rollback")
+    actions = reg.add_subparsers(dest="action", required=True)
+    parsers = [actions.add_parser("list", help="registered models with their champion"),
+               actions.add_parser("show", help="the versions of a registered model"),
+               actions.add_parser("promote", help="point an alias (default champion) at a version"),
+               actions.add_parser("rollback", help="move an alias back to the version that held it before")]
+    for parser in parsers:
+        parser.add_argument("--tracking-uri", help="MLflow tracking URI (default $MLFLOW_TRACKING_URI or "
+                                                   "runs/mlflow.db)")
+        if parser.prog.split()[-1] != "list":
+            parser.add_argument("name", help="registered model name")
+        if parser.prog.split()[-1] == "promote":
+            parser.add_argument("version", help="version number")
+        if parser.prog.split()[-1] in ("promote", "rollback"):
+            parser.add_argument("--alias", default="champion")
+
+
 def _add_evaluate_and_sample(sub) -> None:
     evaluate = sub.add_parser("evaluate", help="ELBO, KL, NLL bound, importance-weighted NLL, PPL, active units")
     evaluate.add_argument("checkpoint", help="checkpoint folder, training-run folder, runs:/ or models:/ URI")
@@ -81,6 +133,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     _add_prepare(sub)
     _add_train(sub)
+    _add_tune(sub)
+    _add_registry(sub)
     _add_evaluate_and_sample(sub)
     return parser
 
@@ -127,6 +181,91 @@ def cmd_train(args) -> None:
     out.print(metrics_table(f"run {result.run_name}", {"valid": valid, "test": result.test_metrics}))
     out.print(f"checkpoint: {result.checkpoint_dir}")
     out.print(f"MLflow run: runs:/{result.mlflow_run_id}/checkpoint  ({result.tracking_uri})")
+
+
+def cmd_tune(args) -> None:
+    from tune.sweep import SweepRequest, run_sweep
+
+    if not args.resume and not args.data:
+        raise SeqlvmError("--data is required (except with --resume)")
+    request = SweepRequest(
+        data_dir=args.data or "", model_name=args.model, config_file=args.config, overrides=args.overrides,
+        num_samples=args.num_samples, search=args.search, scheduler=args.scheduler, max_steps=args.max_steps,
+        workers=args.workers, cpus_per_worker=args.cpus_per_worker, max_concurrent=args.max_concurrent,
+        startup_trials=args.startup_trials, min_kl=args.min_kl, seed=args.seed, iw_samples=args.iw_samples,
+        tracking_uri=args.tracking_uri, experiment=args.experiment, name=args.name, workdir=args.workdir,
+        address=args.address, registered_name=args.registered_name, register=not args.no_register)
+    result = run_sweep(request, resume=args.resume, console=console)
+    out.print(trials_table(result))
+    if result.version is None:
+        return
+    out.print(f"registered [bold]{result.registered_name}[/] version {result.version}: "
+              f"models:/{result.registered_name}/{result.version}")
+    if result.decision is not None:
+        verdict = "is the new champion" if result.decision.promoted else "is not champion"
+        out.print(f"version {result.version} {verdict}: {result.decision.reason}")
+    out.print(f"MLflow parent run: {result.parent_run_id}  ({result.tracking_uri})")
+
+
+def trials_table(result) -> Table:
+    table = Table(title=f"sweep {result.name}")
+    names = sorted({k for row in result.rows for k in row["params"]})
+    for column in ("trial", "outcome", "step", "objective", "valid kl", *[n.split(".", 1)[1] for n in names]):
+        table.add_column(column, justify="left" if column in ("trial", "outcome") else "right")
+    for row in result.rows:
+        best = "*" if result.best and row["trial"] == result.best["trial"] else ""
+        cells = [row["trial"] + best, row["outcome"], str(row["step"]), _cell(row["objective"]),
+                 _cell(row["valid_kl"]), *[_cell(row["params"].get(n)) for n in names]]
+        table.add_row(*cells)
+    return table
+
+
+def _cell(value) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.4g}" if abs(value) < 0.01 else f"{value:.3f}"
+    return str(value)
+
+
+def cmd_registry(args) -> None:
+    from pathlib import Path
+
+    from seqlvm import registry, tracking
+
+    uri = tracking.resolve_tracking_uri(args.tracking_uri, Path("runs").absolute())
+    if uri.startswith("sqlite:") and not Path(uri[len("sqlite:///"):]).exists():
+        raise SeqlvmError(f"{uri[len('sqlite:///'):]}: no MLflow store here (pass --tracking-uri)")
+    tracking.check_reachable(uri)
+    client = tracking.client(uri)
+    if args.action == "list":
+        out.print(rows_table("registered models", registry.list_models(client)))
+    elif args.action == "show":
+        out.print(rows_table(f"{args.name}", registry.show_model(client, args.name)))
+    elif args.action == "promote":
+        registry.show_model(client, args.name)  # a one-line error for an unknown model
+        try:
+            registry.set_alias(client, args.name, args.version, args.alias)
+        except Exception as exc:  # MLflow raises its own type for an unknown version
+            raise SeqlvmError(f"{args.name}: cannot promote version {args.version} "
+                              f"({str(exc).splitlines()[0]})") from None
+        out.print(f"{args.name}@{args.alias} -> version {args.version}")
+    else:
+        registry.show_model(client, args.name)
+        version = registry.rollback(client, args.name, args.alias)
+        out.print(f"{args.name}@{args.alias} -> version {version} (rolled back)")
+
+
+def rows_table(title: str, rows: list[dict]) -> Table | str:
+    if not rows:
+        return f"{title}: none"
+    table = Table(title=title)
+    columns = list(dict.fromkeys(k for row in rows for k in row))
+    for column in columns:
+        table.add_column(column)
+    for row in rows:
+        table.add_row(*[str(row.get(c, "")) for c in columns])
+    return table
 
 
 def cmd_evaluate(args) -> None:
@@ -179,11 +318,12 @@ def cmd_models(args) -> None:
         out.print(f"{name:<14} {(cls.__doc__ or '').strip().splitlines()[0]}")
 
 
-COMMANDS = {"prepare": cmd_prepare, "train": cmd_train, "evaluate": cmd_evaluate, "sample": cmd_sample,
-            "models": cmd_models}
+COMMANDS = {"prepare": cmd_prepare, "train": cmd_train, "tune": cmd_tune, "registry": cmd_registry,
+            "evaluate": cmd_evaluate, "sample": cmd_sample, "models": cmd_models}
 
 
 def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     args = build_parser().parse_args(argv)
     try:
         COMMANDS[args.command](args)

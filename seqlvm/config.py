@@ -1,7 +1,7 @@
 """Run configuration: dataclasses holding every default, filled from a YAML file and `key=value` overrides.
 
 A config file has two sections, `model:` (fields of the chosen model's config) and `train:` (TrainConfig),
-plus an optional top-level `model_name:`. Overrides use dotted keys (`model.latent_dim=32`, `train.lr=0.01`);
+plus an optional top-level `model_name:` and a `tune:` section for sweeps. Overrides use dotted keys (`model.latent_dim=32`, `train.lr=0.01`);
 a bare key is accepted when exactly one section has it.
 """
 from __future__ import annotations
@@ -56,6 +56,10 @@ class TrainConfig:
                 raise SeqlvmError(f"train.{name} must be at least 1")
 
 
+# `tune:` holds a sweep's search space and objective (read by tune/space.py, ignored by training).
+TOP_LEVEL_KEYS = ("model_name", "model", "train", "tune")
+
+
 @dataclass
 class RunConfig:
     model_name: str = "sentence-vae"
@@ -94,28 +98,34 @@ def _check_value(section: str, key: str, value: Any, default: Any, source: str) 
     raise SeqlvmError(f"{source}: {section}.{key} has the wrong type ({value!r}, expected like {default!r})")
 
 
+def load_config_file(config_file: str | Path | None) -> dict[str, Any]:
+    """The raw mapping of a config file (empty without one), checked for its top-level keys."""
+    if not config_file:
+        return {}
+    path = Path(config_file)
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except OSError as exc:
+        raise SeqlvmError(f"{path}: cannot read config ({exc.strerror})") from None
+    except yaml.YAMLError as exc:
+        raise SeqlvmError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    if not isinstance(raw, dict):
+        raise SeqlvmError(f"{path}: a config file must be a mapping with `model:` and `train:` sections")
+    unknown = set(raw) - set(TOP_LEVEL_KEYS)
+    if unknown:
+        raise SeqlvmError(f"{path}: unknown top-level key {sorted(unknown)[0]!r} "
+                          f"(known: {', '.join(TOP_LEVEL_KEYS)})")
+    return raw
+
+
 def build_run_config(model_cls_for, config_file: str | Path | None = None, overrides: list[str] = (),
                      model_name: str | None = None) -> tuple[RunConfig, Any]:
     """Read a YAML file and overrides into (RunConfig, model config instance).
 
     `model_cls_for(name)` returns the model class for a registry name (its `config_class` gives the fields).
     """
-    raw: dict[str, Any] = {}
+    raw = load_config_file(config_file)
     source = str(config_file) if config_file else "overrides"
-    if config_file:
-        path = Path(config_file)
-        try:
-            raw = yaml.safe_load(path.read_text()) or {}
-        except OSError as exc:
-            raise SeqlvmError(f"{path}: cannot read config ({exc.strerror})") from None
-        except yaml.YAMLError as exc:
-            raise SeqlvmError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
-        if not isinstance(raw, dict):
-            raise SeqlvmError(f"{path}: a config file must be a mapping with `model:` and `train:` sections")
-        unknown = set(raw) - {"model_name", "model", "train"}
-        if unknown:
-            raise SeqlvmError(f"{path}: unknown top-level key {sorted(unknown)[0]!r} "
-                              "(known: model_name, model, train)")
 
     name = model_name or raw.get("model_name") or "sentence-vae"
     model_cls = model_cls_for(name)

@@ -28,6 +28,17 @@ def add_totals(acc: dict[str, float], totals: dict[str, torch.Tensor]) -> None:
         acc[key] = acc.get(key, 0.0) + float(totals[key])
 
 
+# Added to the objective of a model whose KL is below the sweep's minimum: larger than any NLL bound the
+# corpora here produce, so a collapsed model ranks below every model that uses its latent.
+COLLAPSE_PENALTY = 1000.0
+
+
+def sweep_objective(nll_bound: float, kl: float, min_kl: float = 0.0) -> float:
+    """What a sweep minimises: the validation NLL bound, penalised when the KL is under `min_kl` (a model that
+    ignores z must not win a search for a useful latent space; Bowman et al. restricted theirs this way)."""
+    return nll_bound + (COLLAPSE_PENALTY if kl < min_kl else 0.0)
+
+
 LOGITS_BUDGET_BYTES = 256 * 2**20
 
 

@@ -33,6 +33,13 @@ def from_prior(model: SequenceModel, vocab: Vocab, n: int, greedy: bool, max_len
 
 
 @torch.no_grad()
+def reconstruct(model: SequenceModel, vocab: Vocab, sentences: list[str], max_len: int = 40) -> list[str]:
+    """Greedy decodes of each sentence's posterior mean."""
+    mu, _ = encode_sentences(model, vocab, sentences)
+    return _text(vocab, model.decode(mu, max_len=max_len))
+
+
+@torch.no_grad()
 def from_posterior(model: SequenceModel, vocab: Vocab, sentences: list[str], n: int = 3,
                    max_len: int = 40) -> list[tuple[str, str, list[str]]]:
     """For each sentence: (input, greedy decode of the posterior mean, n greedy decodes of posterior samples)."""

@@ -32,7 +32,8 @@ def kl_weight(step: int, schedule: str, *, rate: float = 0.0025, midpoint: int =
     if schedule == "linear":
         return ceiling * min(1.0, step / max(1, warmup_steps))
     if schedule == "sigmoid":
-        return ceiling / (1.0 + math.exp(-rate * (step - midpoint)))
+        # exp() of a large argument overflows: clip it, the weight is 0 to double precision there anyway.
+        return ceiling / (1.0 + math.exp(min(700.0, -rate * (step - midpoint))))
     raise ValueError(f"unknown KL annealing schedule {schedule!r}")
 
 

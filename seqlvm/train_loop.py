@@ -15,7 +15,7 @@ import torch.distributed as dist
 from pipelines.stream import ray_batches
 from seqlvm.checkpoint import read_checkpoint, save_checkpoint
 from seqlvm.config import TrainConfig
-from seqlvm.evaluation import TOTAL_KEYS, add_totals, summarize
+from seqlvm.evaluation import TOTAL_KEYS, add_totals, summarize, sweep_objective
 from seqlvm.models import build_model
 from seqlvm.objectives import kl_weight
 from seqlvm.tracking import MetricLogger
@@ -213,7 +213,9 @@ class Trainer:
 
     def _evaluate_and_report(self, valid_shard) -> None:
         metrics = validate(self.net, valid_shard, self.cfg, self.device)  # unwrapped: no DDP collectives
-        metrics.update(step=self.step, epoch=self.epoch, skipped_steps=self.skipped)
+        metrics.update(step=self.step, epoch=self.epoch, skipped_steps=self.skipped,
+                       objective=sweep_objective(metrics["valid/nll_bound"], metrics["valid/kl"],
+                                                 self.config.get("min_kl", 0.0)))
         if self.rank == 0:
             self.logger.log({k: v for k, v in metrics.items() if k.startswith("valid/")}, self.step)
             say(f"step {self.step:>6} | valid nll bound {metrics['valid/nll_bound']:8.2f} | "

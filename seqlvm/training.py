@@ -12,7 +12,7 @@ from pipelines.shards import read_manifest
 from pipelines.stream import local_batches, ray_dataset, read_split
 from seqlvm import tracking
 from seqlvm.checkpoint import load_model
-from seqlvm.config import build_run_config
+from seqlvm.config import RunConfig, build_run_config
 from seqlvm.errors import SeqlvmError
 from seqlvm.evaluation import evaluate
 from seqlvm.models import model_class
@@ -58,7 +58,7 @@ def build_payload(request: TrainRequest, run_config, vocab: Vocab, tracking_uri:
             "mlflow_run_id": run_id}
 
 
-def build_trainer(request: TrainRequest, payload: dict, run_name: str, storage: Path):
+def build_trainer(request: TrainRequest, payload: dict, run_name: str, storage: Path, callbacks=()):
     import ray.train
     from ray.train.torch import TorchTrainer
 
@@ -70,7 +70,7 @@ def build_trainer(request: TrainRequest, payload: dict, run_name: str, storage: 
         scaling_config=ray.train.ScalingConfig(num_workers=request.workers, use_gpu=train_cfg["use_gpu"],
                                                resources_per_worker={"CPU": request.cpus_per_worker}),
         run_config=ray.train.RunConfig(
-            name=run_name, storage_path=str(storage),
+            name=run_name, storage_path=str(storage), callbacks=list(callbacks),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=train_cfg["keep_checkpoints"]),
             failure_config=ray.train.FailureConfig(max_failures=2)),
         # The training split streams, its shards in a new random order each epoch (rows are shuffled further
@@ -81,7 +81,8 @@ def build_trainer(request: TrainRequest, payload: dict, run_name: str, storage: 
     )
 
 
-def run_training(request: TrainRequest, console=None) -> TrainResult:
+def load_inputs(request: TrainRequest) -> tuple[dict, Vocab, RunConfig]:
+    """The data's manifest and vocabulary and the run config, all checked before anything starts."""
     manifest = read_manifest(request.data_dir)
     if manifest.get("modality") != "text":
         raise SeqlvmError(f"{request.data_dir}: modality {manifest.get('modality')!r} is not supported "
@@ -93,20 +94,35 @@ def run_training(request: TrainRequest, console=None) -> TrainResult:
     run_config, _ = build_run_config(model_class, request.config_file, overrides, request.model_name)
     if request.workers < 1 or request.cpus_per_worker <= 0:
         raise SeqlvmError("--workers must be at least 1 and --cpus-per-worker above 0")
+    return manifest, vocab, run_config
 
+
+def open_run(request: TrainRequest, inputs: tuple[dict, Vocab, RunConfig], tracking_uri: str,
+             experiment_id: str, run_name: str, tags: dict | None = None) -> tuple[str, bool, dict]:
+    """Start (or find again, by name) the MLflow run, log its parameters and build the workers' payload.
+    Returns (run id, resumed, payload)."""
+    manifest, vocab, run_config = inputs
+    run_id, resumed = tracking.start_or_resume_run(tracking_uri, experiment_id, run_name, {
+        "seqlvm.model": run_config.model_name, "seqlvm.data_dir": str(Path(request.data_dir).absolute()),
+        "seqlvm.data_source": manifest.get("source", ""), "seqlvm.data_fingerprint": manifest.get("fingerprint", ""),
+        **(tags or {})})
+    payload = build_payload(request, run_config, vocab, tracking_uri, run_id)
+    tracking.log_params(tracking_uri, run_id, {
+        **tracking.flatten("", payload["run_config"]), "workers": request.workers,
+        "data.sentences_train": manifest["splits"]["train"]["sentences"], "data.vocab_size": len(vocab)})
+    return run_id, resumed, payload
+
+
+def run_training(request: TrainRequest, console=None) -> TrainResult:
+    inputs = load_inputs(request)
+    run_config = inputs[2]
     workdir = Path(request.workdir).absolute()
     workdir.mkdir(parents=True, exist_ok=True)
     tracking_uri = tracking.resolve_tracking_uri(request.tracking_uri, workdir)
     tracking.check_reachable(tracking_uri)
     run_name = request.name or f"{run_config.model_name}-{time.strftime('%Y%m%d-%H%M%S')}"
     experiment_id = tracking.ensure_experiment(tracking_uri, request.experiment, workdir)
-    run_id, resumed = tracking.start_or_resume_run(tracking_uri, experiment_id, run_name, {
-        "seqlvm.model": run_config.model_name, "seqlvm.data_dir": str(Path(request.data_dir).absolute()),
-        "seqlvm.data_source": manifest.get("source", ""), "seqlvm.data_fingerprint": manifest.get("fingerprint", "")})
-    payload = build_payload(request, run_config, vocab, tracking_uri, run_id)
-    tracking.log_params(tracking_uri, run_id, {
-        **tracking.flatten("", payload["run_config"]), "workers": request.workers,
-        "data.sentences_train": manifest["splits"]["train"]["sentences"], "data.vocab_size": len(vocab)})
+    run_id, resumed, payload = open_run(request, inputs, tracking_uri, experiment_id, run_name)
     if console:
         verb = "resuming" if resumed else "starting"
         console.print(f"{verb} run [bold]{run_name}[/] (MLflow run {run_id}, {tracking_uri})")
@@ -116,7 +132,7 @@ def run_training(request: TrainRequest, console=None) -> TrainResult:
         result = build_trainer(request, payload, run_name, workdir / "ray").fit()
     except Exception as exc:
         tracking.client(tracking_uri).set_terminated(run_id, status="FAILED")
-        raise SeqlvmError(f"training run {run_name} failed: {_root_cause(exc)}") from exc
+        raise SeqlvmError(f"training run {run_name} failed: {root_cause(exc)}") from exc
     if result.checkpoint is None:
         tracking.client(tracking_uri).set_terminated(run_id, status="FAILED")
         raise SeqlvmError(f"training run {run_name} produced no checkpoint")
@@ -135,7 +151,7 @@ def run_training(request: TrainRequest, console=None) -> TrainResult:
     return TrainResult(run_name, run_id, tracking_uri, checkpoint_dir, dict(result.metrics), test_metrics)
 
 
-def _root_cause(exc: BaseException) -> str:
+def root_cause(exc: BaseException) -> str:
     while exc.__cause__ is not None:
         exc = exc.__cause__
     text = str(exc).strip().splitlines()
@@ -144,7 +160,12 @@ def _root_cause(exc: BaseException) -> str:
 
 def evaluate_checkpoint(checkpoint: str, data_dir: str | None, split: str = "test", iw_samples: int = 500,
                         batch_size: int = 64, chunk: int | None = None, limit: int | None = None,
-                        tracking_uri: str | None = None, console=None) -> dict:
+                        tracking_uri: str | None = None, console=None, seed: int = 0) -> dict:
+    """Metrics of a checkpoint on a split. Seeded, so two checkpoints compared on the same data see the same
+    noise in their sampled bounds."""
+    import torch
+
+    torch.manual_seed(seed)
     model, _, payload = load_model(checkpoint, tracking_uri)
     data_dir = data_dir or payload.get("data_dir")
     if not data_dir:

@@ -38,6 +38,12 @@ def test_sigmoid_schedule_is_monotone_and_bounded():
     assert values[-1] == pytest.approx(0.8, abs=1e-3) and values[0] < 0.01
 
 
+def test_steep_sigmoid_far_from_its_midpoint_does_not_overflow():
+    # A sweep can draw a steep rate with the default midpoint: exp(0.78 * 2500) overflows a double.
+    assert kl_weight(1, "sigmoid", rate=0.78, midpoint=2500) == pytest.approx(0.0, abs=1e-300)
+    assert kl_weight(10_000, "sigmoid", rate=0.78, midpoint=2500) == 1.0
+
+
 def test_linear_and_constant_schedules():
     assert kl_weight(0, "linear", warmup_steps=100) == 0.0
     assert kl_weight(50, "linear", warmup_steps=100) == pytest.approx(0.5)

@@ -1,0 +1,45 @@
+"""The code of a registered seqlvm model, logged as an MLflow "model from code": `mlflow.pyfunc.load_model`
+runs this file (with the seqlvm and pipelines packages the model carries on its path) and the weights come from
+the version's `checkpoint` artifact. Only MLflow imports this module."""
+from __future__ import annotations
+
+from typing import Any
+
+import mlflow.models
+import mlflow.pyfunc
+import pandas as pd
+
+
+class SeqlvmPyfunc(mlflow.pyfunc.PythonModel):
+    """A registered seqlvm model for `mlflow.pyfunc.load_model`.
+
+    Input: a DataFrame with a `sentence` column. An empty sentence asks for a sample from the prior; any other
+    sentence is encoded and its posterior mean decoded (a reconstruction). Params: temperature, greedy, seed,
+    max_len. Output: the input column, `output` (decoded text) and `source` (prior or posterior).
+    """
+
+    def load_context(self, context):
+        from seqlvm.checkpoint import load_model
+        self.model, self.vocab, _ = load_model(context.artifacts["checkpoint"])
+
+    def predict(self, context, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
+        import torch
+
+        from seqlvm import generate
+
+        options = {"temperature": 1.0, "greedy": False, "seed": 0, "max_len": 40, **(params or {})}
+        torch.manual_seed(int(options["seed"]))
+        sentences = [str(s) for s in pd.DataFrame(model_input)["sentence"].fillna("")]
+        prompts = [s for s in sentences if s.strip()]
+        prior_count = len(sentences) - len(prompts)
+        max_len = int(options["max_len"])
+        prior = iter(generate.from_prior(self.model, self.vocab, prior_count, greedy=bool(options["greedy"]),
+                                         max_len=max_len, temperature=float(options["temperature"]))
+                     if prior_count else [])
+        posterior = iter(generate.reconstruct(self.model, self.vocab, prompts, max_len=max_len) if prompts else [])
+        outputs = [(next(posterior), "posterior") if s.strip() else (next(prior), "prior") for s in sentences]
+        return pd.DataFrame({"sentence": sentences, "output": [o for o, _ in outputs],
+                             "source": [src for _, src in outputs]})
+
+
+mlflow.models.set_model(SeqlvmPyfunc())

@@ -1,0 +1,172 @@
+"""The MLflow model registry: best checkpoints as versions of a registered model (an MLflow pyfunc that
+carries the weights and the seqlvm code), the `champion` alias rule, and the list/show/promote/rollback
+operations behind `seqlvm registry`."""
+from __future__ import annotations
+
+import json
+import re
+import tempfile
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+
+from seqlvm import tracking
+from seqlvm.errors import SeqlvmError
+
+CHAMPION = "champion"
+# The validation metric versions are compared on, stored as a version tag.
+COMPARED_METRIC = "valid.nll_bound"
+SHOWN_METRICS = ("valid.nll_bound", "valid.iw_nll", "valid.kl", "valid.active_units", "test.nll_bound",
+                 "test.iw_nll", "test.ppl_bound")
+HISTORY_TAG = "seqlvm.alias_history"  # JSON {alias: [versions, oldest first]}, for rollback
+PACKAGE_ROOT = Path(__file__).resolve().parent.parent
+MODEL_CODE = Path(__file__).resolve().parent / "pyfunc_model.py"
+
+
+def _signature():
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
+    return ModelSignature(
+        inputs=Schema([ColSpec("string", "sentence")]),
+        outputs=Schema([ColSpec("string", "sentence"), ColSpec("string", "output"), ColSpec("string", "source")]),
+        params=ParamSchema([ParamSpec("temperature", "double", 1.0), ParamSpec("greedy", "boolean", False),
+                            ParamSpec("seed", "long", 0), ParamSpec("max_len", "long", 40)]))
+
+
+def default_registered_name(model_name: str, data_source: str) -> str:
+    """One registered model per model family and corpus, e.g. `sentence-vae-shakespeare`."""
+    corpus = Path(data_source.split(":", 1)[-1].rstrip("/")).name or "data"
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", f"{model_name}-{corpus}").strip("-")
+
+
+def _weights_only_checkpoint(checkpoint: Path, folder: Path) -> Path:
+    """A copy of model.pt without the optimiser state: what serving needs, at a third of the size."""
+    import torch
+
+    from seqlvm.checkpoint import CHECKPOINT_FILE, read_checkpoint
+    payload = read_checkpoint(checkpoint)
+    payload.pop("optimizer", None)
+    path = folder / CHECKPOINT_FILE
+    torch.save(payload, path)
+    return path
+
+
+def register_checkpoint(tracking_uri: str, run_id: str, checkpoint: Path, name: str, tags: dict[str, str],
+                        manifest: dict) -> str:
+    """Log the checkpoint as a pyfunc model in `run_id` and register it as a new version of `name`.
+    Returns the version number."""
+    import mlflow
+
+    mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_registry_uri(tracking_uri)
+    with tempfile.TemporaryDirectory() as tmp:
+        weights = _weights_only_checkpoint(checkpoint, Path(tmp))
+        manifest_path = Path(tmp) / "data_manifest.json"
+        manifest_path.write_text(json.dumps(manifest, indent=2))
+        with mlflow.start_run(run_id=run_id), warnings.catch_warnings():
+            # MLflow asks for an input example; the signature already describes the input.
+            warnings.filterwarnings("ignore", message=".*input example.*")
+            info = mlflow.pyfunc.log_model(
+                # "Models from code": MLflow runs this file on load; no Python object is pickled.
+                name="model", python_model=str(MODEL_CODE), signature=_signature(),
+                artifacts={"checkpoint": str(weights), "data_manifest": str(manifest_path)},
+                # The code travels with the model, so it loads where seqlvm is not installed.
+                code_paths=[str(PACKAGE_ROOT / "seqlvm"), str(PACKAGE_ROOT / "pipelines")],
+                pip_requirements=["torch", "numpy", "pandas", "pyyaml", "pyarrow"],
+                registered_model_name=name)
+    version = str(info.registered_model_version)
+    client = tracking.client(tracking_uri)
+    for key, value in tags.items():
+        client.set_model_version_tag(name, version, key, str(value))
+    return version
+
+
+def _history(client, name: str) -> dict[str, list[str]]:
+    return json.loads(client.get_registered_model(name).tags.get(HISTORY_TAG, "{}"))
+
+
+def current_alias_version(client, name: str, alias: str = CHAMPION):
+    """The ModelVersion holding `alias`, or None."""
+    from mlflow.exceptions import MlflowException
+    try:
+        return client.get_model_version_by_alias(name, alias)
+    except MlflowException:
+        return None
+
+
+def set_alias(client, name: str, version: str, alias: str = CHAMPION) -> None:
+    """Point `alias` at `version`, remembering the previous holder for `rollback`."""
+    client.get_model_version(name, version)  # fails loudly for an unknown version
+    history = _history(client, name)
+    client.set_registered_model_alias(name, alias, version)
+    history.setdefault(alias, []).append(str(version))
+    client.set_registered_model_tag(name, HISTORY_TAG, json.dumps(history))
+
+
+def rollback(client, name: str, alias: str = CHAMPION) -> str:
+    """Move `alias` back to the version that held it before. Returns that version."""
+    history = _history(client, name)
+    versions = history.get(alias, [])
+    if len(versions) < 2:
+        raise SeqlvmError(f"{name}: no earlier {alias} to roll back to")
+    versions.pop()
+    previous = versions[-1]
+    client.set_registered_model_alias(name, alias, previous)
+    client.set_registered_model_tag(name, HISTORY_TAG, json.dumps(history))
+    return previous
+
+
+@dataclass
+class PromotionDecision:
+    promoted: bool
+    reason: str
+
+
+def promote_if_better(client, name: str, version: str, value: float, fingerprint: str,
+                      usable: bool = True) -> PromotionDecision:
+    """Give `version` the champion alias only if it beats the current champion on the compared validation
+    metric, measured on the same data (the same manifest fingerprint)."""
+    if not usable:
+        return PromotionDecision(False, "its KL is below the sweep's minimum (the latent is unused)")
+    champion = current_alias_version(client, name)
+    if champion is not None:
+        if champion.tags.get("seqlvm.data_fingerprint") != fingerprint:
+            return PromotionDecision(False, f"the champion (version {champion.version}) was measured on other "
+                                            "data; promote by hand if intended")
+        best = float(champion.tags.get(COMPARED_METRIC, "inf"))
+        if not value < best:
+            return PromotionDecision(False, f"{COMPARED_METRIC} {value:.3f} does not beat the champion's "
+                                            f"{best:.3f} (version {champion.version})")
+    set_alias(client, name, version)
+    before = f"version {champion.version}" if champion is not None else "no champion"
+    return PromotionDecision(True, f"{COMPARED_METRIC} {value:.3f} beats {before}")
+
+
+def list_models(client) -> list[dict]:
+    rows = []
+    for model in client.search_registered_models(order_by=["name ASC"]):
+        versions = client.search_model_versions(f"name = '{model.name}'")
+        champion = current_alias_version(client, model.name)
+        rows.append({"name": model.name, "versions": len(versions),
+                     "latest": max((int(v.version) for v in versions), default=0),
+                     "champion": champion.version if champion else "",
+                     COMPARED_METRIC: champion.tags.get(COMPARED_METRIC, "") if champion else ""})
+    return rows
+
+
+def show_model(client, name: str) -> list[dict]:
+    from mlflow.exceptions import MlflowException
+    try:
+        model = client.get_registered_model(name)
+    except MlflowException:
+        raise SeqlvmError(f"no registered model named {name!r}") from None
+    aliases: dict[str, list[str]] = {}
+    for alias, version in (model.aliases or {}).items():
+        aliases.setdefault(str(version), []).append(alias)
+    rows = []
+    for v in sorted(client.search_model_versions(f"name = '{name}'"), key=lambda v: int(v.version)):
+        rows.append({"version": v.version, "aliases": ", ".join(aliases.get(str(v.version), [])),
+                     "sweep": v.tags.get("seqlvm.sweep", ""), "run": v.run_id,
+                     **{k: v.tags.get(k, "") for k in SHOWN_METRICS}})
+    return rows

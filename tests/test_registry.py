@@ -1,0 +1,116 @@
+"""The model registry on a real SQLite MLflow store: versions, the champion rule, promote/rollback, loading a
+version with the plain MLflow client, and registry URIs in the CLI. No Ray: checkpoints come from a small
+model built in-process."""
+from __future__ import annotations
+
+import mlflow
+import pandas as pd
+import pytest
+
+from seqlvm import cli, registry, tracking
+from seqlvm.checkpoint import save_checkpoint
+from seqlvm.models import build_model
+from seqlvm.vocab import Vocab
+
+NAME = "tiny-vae-shakespeare"
+
+
+def make_checkpoint(folder, data_dir, seed: int):
+    import torch
+
+    torch.manual_seed(seed)
+    vocab = Vocab.load(data_dir / "vocab.json")
+    model = build_model("sentence-vae", {"embedding_dim": 16, "hidden_dim": 16, "latent_dim": 4}, len(vocab))
+    folder.mkdir(parents=True)
+    return save_checkpoint(folder, model, optimizer={"state": {}}, step=1, config={}, vocab=vocab.words,
+                           data_dir=str(data_dir))
+
+
+@pytest.fixture(scope="module")
+def store(shakespeare, tmp_path_factory):
+    """Three registered versions, registered as a sweep does, with valid NLL bounds 80, 85 and 79."""
+    root = tmp_path_factory.mktemp("registry")
+    uri = tracking.resolve_tracking_uri(f"sqlite:///{root / 'mlflow.db'}", root)
+    experiment = tracking.ensure_experiment(uri, "registry-test", root)
+    client = tracking.client(uri)
+    decisions = []
+    for i, value in enumerate([80.0, 85.0, 79.0]):
+        run_id = client.create_run(experiment).info.run_id
+        checkpoint = make_checkpoint(root / f"ckpt{i}", shakespeare, seed=i)
+        version = registry.register_checkpoint(uri, run_id, checkpoint, NAME, {
+            "seqlvm.data_fingerprint": "fp", registry.COMPARED_METRIC: value}, {"source": "builtin:shakespeare"})
+        decisions.append(registry.promote_if_better(client, NAME, version, value, "fp"))
+    return uri, client, decisions
+
+
+def test_champion_moves_only_to_a_better_version_on_the_same_data(store):
+    uri, client, decisions = store
+    assert [d.promoted for d in decisions] == [True, False, True]
+    assert "does not beat" in decisions[1].reason
+    assert str(registry.current_alias_version(client, NAME).version) == "3"
+    other_data = registry.promote_if_better(client, NAME, "2", 1.0, "another-fingerprint")
+    collapsed = registry.promote_if_better(client, NAME, "2", 1.0, "fp", usable=False)
+    assert not other_data.promoted and not collapsed.promoted
+    assert str(registry.current_alias_version(client, NAME).version) == "3"
+
+
+def test_registered_version_loads_with_plain_mlflow_and_samples(store, shakespeare):
+    uri, _, _ = store
+    mlflow.set_tracking_uri(uri)
+    model = mlflow.pyfunc.load_model(f"models:/{NAME}@champion")
+    request = pd.DataFrame({"sentence": ["", "", "my lord , the king is dead ."]})
+    first = model.predict(request, params={"seed": 7, "max_len": 12})
+    assert list(first["source"]) == ["prior", "prior", "posterior"]
+    words = set(Vocab.load(shakespeare / "vocab.json").words)
+    assert all(set(text.split()) <= words for text in first["output"])
+    assert first["output"].str.len().sum() > 0
+    again = model.predict(request, params={"seed": 7, "max_len": 12})
+    assert list(again["output"]) == list(first["output"])  # seeded
+    version = registry.current_alias_version(mlflow.MlflowClient(), NAME)
+    assert version.run_id and version.tags["seqlvm.data_fingerprint"] == "fp"
+
+
+def test_weights_only_checkpoint_drops_the_optimizer(store, tmp_path):
+    from seqlvm.checkpoint import load_model
+    uri, _, _ = store
+    model, vocab, payload = load_model(f"models:/{NAME}/1", uri)
+    assert "optimizer" not in payload and payload["step"] == 1 and model.config.latent_dim == 4
+
+
+def test_cli_promote_rollback_list_show(store, capsys):
+    uri, client, _ = store
+    assert cli.main(["registry", "promote", NAME, "2", "--tracking-uri", uri]) == 0
+    assert str(registry.current_alias_version(client, NAME).version) == "2"
+    assert cli.main(["registry", "rollback", NAME, "--tracking-uri", uri]) == 0
+    assert str(registry.current_alias_version(client, NAME).version) == "3"
+    capsys.readouterr()
+    assert cli.main(["registry", "list", "--tracking-uri", uri]) == 0
+    listing = capsys.readouterr().out
+    assert NAME in listing and "champion" in listing
+    assert cli.main(["registry", "show", NAME, "--tracking-uri", uri]) == 0
+    shown = capsys.readouterr().out
+    assert "champion" in shown and "79" in shown and "85" in shown
+
+
+def test_cli_registry_errors_are_one_line(store, capsys):
+    uri, client, _ = store
+    assert cli.main(["registry", "promote", NAME, "99", "--tracking-uri", uri]) == 2
+    assert cli.main(["registry", "show", "no-such-model", "--tracking-uri", uri]) == 2
+    errors = capsys.readouterr().err.strip().splitlines()
+    assert len(errors) == 2 and "version 99" in errors[0] and "no-such-model" in errors[1]
+    assert str(registry.current_alias_version(client, NAME).version) == "3"  # nothing moved
+
+
+def test_rollback_without_history_fails(store, capsys):
+    uri, client, _ = store
+    registry.set_alias(client, NAME, "1", alias="staging")
+    assert cli.main(["registry", "rollback", NAME, "--alias", "staging", "--tracking-uri", uri]) == 2
+    assert "no earlier staging" in capsys.readouterr().err
+
+
+def test_cli_sample_and_evaluate_accept_registry_uris(store, capsys):
+    uri, _, _ = store
+    assert cli.main(["sample", f"models:/{NAME}@champion", "--n", "2", "--tracking-uri", uri]) == 0
+    assert "samples from the prior" in capsys.readouterr().out
+    assert cli.main(["evaluate", f"models:/{NAME}/2", "--samples", "2", "--limit", "32", "--tracking-uri", uri]) == 0
+    assert "iw_nll" in capsys.readouterr().out

@@ -1,0 +1,102 @@
+"""Search spaces, the sweep objective and the choice of the best trial: pure functions, no Ray."""
+from __future__ import annotations
+
+import optuna
+import pytest
+
+from seqlvm.config import build_run_config
+from seqlvm.errors import SeqlvmError
+from seqlvm.evaluation import COLLAPSE_PENALTY, sweep_objective
+from seqlvm.models import model_class
+from tune.space import SpaceSampler, as_overrides, default_space, parse_space
+from tune.summary import best_row
+from tune.sweep import SweepRequest, sweep_space
+
+SPACE = {
+    "train.kl_anneal": {"choice": ["sigmoid", "linear"]},
+    "train.kl_anneal_rate": {"loguniform": [0.001, 0.1], "when": {"train.kl_anneal": "sigmoid"}},
+    "train.kl_warmup_steps": {"int": [10, 100], "when": {"train.kl_anneal": "linear"}},
+    "model.latent_dim": {"int": [4, 64], "log": True},
+    "model.z_every_step": True,
+}
+
+
+def sample(space: dict, n: int, seed: int = 0) -> list[dict]:
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed))
+    sampler = SpaceSampler(parse_space(space, "test.yaml"))
+    out = []
+    for _ in range(n):
+        trial = study.ask()
+        fixed = sampler(trial) or {}
+        out.append({**trial.params, **fixed})
+        study.tell(trial, 0.0)
+    return out
+
+
+def test_conditional_dimensions_appear_only_under_their_condition():
+    points = sample(SPACE, 40)
+    assert {p["train.kl_anneal"] for p in points} == {"sigmoid", "linear"}
+    for p in points:
+        assert ("train.kl_anneal_rate" in p) == (p["train.kl_anneal"] == "sigmoid")
+        assert ("train.kl_warmup_steps" in p) == (p["train.kl_anneal"] == "linear")
+        assert 4 <= p["model.latent_dim"] <= 64 and isinstance(p["model.latent_dim"], int)
+        assert p["model.z_every_step"] is True
+
+
+def test_sampled_values_become_overrides_of_the_right_types():
+    point = {"train.lr": 1e-05, "model.average_hidden": True, "train.kl_anneal": "linear", "model.latent_dim": 7}
+    run_config, model_config = build_run_config(model_class, None, as_overrides(point))
+    assert run_config.train.lr == 1e-05 and run_config.train.kl_anneal == "linear"
+    assert model_config.average_hidden is True and model_config.latent_dim == 7
+
+
+@pytest.mark.parametrize("spec, problem", [
+    ({"model.latent_dim": {"int": [8, 4]}}, "low < high"),
+    ({"model.latent_dim": {"int": [8, 16], "choice": [1]}}, "exactly one of"),
+    ({"train.lr": {"loguniform": [0.0, 1.0]}}, "low > 0"),
+    ({"train.lr": {"uniform": "fast"}}, "[low, high]"),
+    ({"train.kl_anneal_rate": {"uniform": [0.1, 1], "when": {"train.kl_anneal": "sigmoid"}}}, "listed before"),
+])
+def test_bad_space_entries_are_one_line_errors_naming_the_file(spec, problem):
+    with pytest.raises(SeqlvmError, match="test.yaml") as error:
+        parse_space(spec, "test.yaml")
+    assert problem in str(error.value)
+
+
+def test_space_keys_are_checked_against_the_model_config(tmp_path):
+    config = tmp_path / "sweep.yaml"
+    config.write_text("train: {max_steps: 10}\ntune:\n  space:\n    model.no_such_key: {uniform: [0, 1]}\n")
+    with pytest.raises(SeqlvmError, match="tune.space.model.no_such_key"):
+        sweep_space(SweepRequest(data_dir="unused", config_file=str(config)), 10)
+    config.write_text("tune:\n  spaec: {}\n")
+    with pytest.raises(SeqlvmError, match="unknown key tune.spaec"):
+        sweep_space(SweepRequest(data_dir="unused", config_file=str(config)), 10)
+
+
+def test_default_space_fits_each_model_and_scales_with_training_length():
+    vae_fields = {"latent_dim", "word_keep_rate", "latent_samples", "average_hidden", "hidden_dim",
+                  "embedding_dim", "embedding_dropout", "hidden_dropout"}
+    names = {d.name for d in default_space(vae_fields, 1000)}
+    assert {"train.kl_anneal", "train.kl_anneal_rate", "model.word_keep_rate", "model.latent_samples",
+            "model.average_hidden", "model.latent_dim", "model.hidden_dim"} <= names
+    lm = {d.name for d in default_space({"hidden_dim", "embedding_dim"}, 1000)}
+    assert "model.latent_dim" not in lm and "model.hidden_dim" in lm
+    short, long = ({d.name: d for d in default_space(vae_fields, n)} for n in (100, 10_000))
+    assert long["train.kl_anneal_midpoint"].high == 100 * short["train.kl_anneal_midpoint"].high
+    for model in ("sentence-vae", "rnnlm"):  # every default dimension is a valid config key with a valid value
+        dims, min_kl = sweep_space(SweepRequest(data_dir="unused", model_name=model), 500)
+        assert dims and min_kl == 0.0
+
+
+def test_a_collapsed_model_cannot_win():
+    collapsed = sweep_objective(nll_bound=70.0, kl=0.01, min_kl=1.0)
+    useful = sweep_objective(nll_bound=90.0, kl=3.0, min_kl=1.0)
+    assert collapsed == 70.0 + COLLAPSE_PENALTY and useful == 90.0 and useful < collapsed
+    assert sweep_objective(nll_bound=70.0, kl=0.0) == 70.0  # no minimum: the plain bound
+    rows = [{"trial": "a", "objective": collapsed, "checkpoint_path": "/a"},
+            {"trial": "b", "objective": useful, "checkpoint_path": "/b"},
+            {"trial": "c", "objective": 50.0, "checkpoint_path": None},  # errored before a checkpoint
+            {"trial": "d", "objective": None, "checkpoint_path": "/d"}]
+    assert best_row(rows)["trial"] == "b"
+    assert best_row(rows[2:]) is None

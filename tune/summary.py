@@ -1,0 +1,148 @@
+"""What a finished sweep leaves behind: one row per trial, the child runs closed with their outcome and
+figures, and on the parent run a summary table, per-trial metrics and two figures (objective by trial with
+the best so far; parameter importances)."""
+from __future__ import annotations
+
+import csv
+import io
+import math
+import re
+import tempfile
+from pathlib import Path
+
+from seqlvm import tracking
+from seqlvm.training import root_cause
+from tune.space import Dimension
+
+TRIAL_ID = re.compile(r"_([0-9a-f]{5}_\d{5})(?:_|$)")
+
+
+def _trial_id(result) -> str:
+    if result.metrics and result.metrics.get("trial_id"):
+        return result.metrics["trial_id"]
+    match = TRIAL_ID.search(Path(result.path).name)
+    return match.group(1) if match else Path(result.path).name
+
+
+def trial_rows(results, dims: list[Dimension], max_steps: int) -> list[dict]:
+    """One row per trial, in the order trials were created."""
+    rows = []
+    for result in results:
+        metrics = result.metrics or {}
+        step = int(metrics.get("step", 0))
+        if result.error is not None:
+            outcome = "error"
+        else:
+            outcome = "finished" if step >= max_steps else "stopped early"
+        objective = metrics.get("objective")
+        rows.append({
+            "trial": _trial_id(result), "outcome": outcome, "step": step,
+            "objective": objective if objective is not None and math.isfinite(objective) else None,
+            "valid_nll_bound": metrics.get("valid/nll_bound"), "valid_kl": metrics.get("valid/kl"),
+            "checkpoint_path": metrics.get("checkpoint_path"),
+            "params": {d.name: result.config[d.name] for d in dims if d.name in (result.config or {})},
+            "error": root_cause(result.error) if result.error is not None else "",
+        })
+    return sorted(rows, key=lambda row: row["trial"])
+
+
+def best_row(rows: list[dict]) -> dict | None:
+    usable = [r for r in rows if r["objective"] is not None and r["checkpoint_path"]]
+    return min(usable, key=lambda r: r["objective"]) if usable else None
+
+
+def finish_child_runs(tracking_uri: str, sweep: str, rows: list[dict]) -> None:
+    """Attach each trial's MLflow run to its row, close it with Tune's verdict and log its learning curves."""
+    client = tracking.client(tracking_uri)
+    runs = client.search_runs(
+        [e.experiment_id for e in client.search_experiments()], f"tags.`seqlvm.sweep` = '{sweep}'")
+    by_trial = {r.data.tags.get("seqlvm.trial_id"): r for r in runs}
+    for row in rows:
+        run = by_trial.get(row["trial"])
+        row["run_id"] = run.info.run_id if run else None
+        if run is None:
+            continue
+        client.set_tag(run.info.run_id, "seqlvm.outcome", row["outcome"])
+        if row["step"]:
+            tracking.log_training_figures(tracking_uri, run.info.run_id)
+        client.set_terminated(run.info.run_id, status="FAILED" if row["outcome"] == "error" else "FINISHED")
+
+
+def table_csv(rows: list[dict]) -> str:
+    names = sorted({k for r in rows for k in r["params"]})
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["trial", "outcome", "step", "objective", "valid_nll_bound", "valid_kl", *names, "error"])
+    for r in rows:
+        writer.writerow([r["trial"], r["outcome"], r["step"], r["objective"], r["valid_nll_bound"], r["valid_kl"],
+                         *[r["params"].get(n, "") for n in names], r["error"]])
+    return buffer.getvalue()
+
+
+def parameter_importances(rows: list[dict], dims: list[Dimension]) -> dict[str, float]:
+    """fANOVA importances (Optuna) of the sampled dimensions for the objective; empty below 3 scored trials."""
+    import optuna
+
+    scored = [r for r in rows if r["objective"] is not None]
+    if len(scored) < 3:
+        return {}
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    distributions = {d.name: d.distribution() for d in dims if d.distribution() is not None}
+    study = optuna.create_study()
+    for row in scored:
+        params = {k: v for k, v in row["params"].items() if k in distributions}
+        study.add_trial(optuna.trial.create_trial(
+            params=params, distributions={k: distributions[k] for k in params}, value=row["objective"]))
+    try:
+        return optuna.importance.get_param_importances(study)
+    except (RuntimeError, ValueError):  # e.g. no dimension shared by every trial
+        return {}
+
+
+def _figures(rows: list[dict], importances: dict[str, float], folder: Path) -> list[Path]:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    paths = []
+    fig, ax = plt.subplots(figsize=(7, 4))
+    xs = [i + 1 for i, r in enumerate(rows) if r["objective"] is not None]
+    ys = [r["objective"] for r in rows if r["objective"] is not None]
+    colours = ["tab:blue" if r["outcome"] == "finished" else "tab:gray" for r in rows if r["objective"] is not None]
+    ax.scatter(xs, ys, c=colours, label="trial (grey: stopped early)")
+    if ys:
+        best = [min(ys[:i + 1]) for i in range(len(ys))]
+        ax.step(xs, best, where="post", color="tab:red", label="best so far")
+    ax.set(xlabel="trial", ylabel="objective (valid NLL bound)", title="Sweep objective by trial")
+    ax.legend()
+    fig.tight_layout()
+    paths.append(folder / "objective_by_trial.png")
+    fig.savefig(paths[-1], dpi=110)
+    plt.close(fig)
+    if importances:
+        fig, ax = plt.subplots(figsize=(7, 0.4 * len(importances) + 1.2))
+        names = list(importances)[::-1]
+        ax.barh(names, [importances[n] for n in names], color="tab:green")
+        ax.set(xlabel="importance (fANOVA)", title="Which hyperparameters mattered")
+        fig.tight_layout()
+        paths.append(folder / "parameter_importance.png")
+        fig.savefig(paths[-1], dpi=110)
+        plt.close(fig)
+    return paths
+
+
+def log_to_parent(tracking_uri: str, parent_run_id: str, rows: list[dict], dims: list[Dimension]) -> None:
+    client = tracking.client(tracking_uri)
+    logger = tracking.MetricLogger(tracking_uri, parent_run_id)
+    best = math.inf
+    for i, row in enumerate(rows, start=1):
+        if row["objective"] is not None:
+            best = min(best, row["objective"])
+            logger.log({"trial/objective": row["objective"], "trial/best_so_far": best}, step=i)
+    logger.log({"trials/total": len(rows), "trials/finished": sum(r["outcome"] == "finished" for r in rows),
+                "trials/stopped_early": sum(r["outcome"] == "stopped early" for r in rows),
+                "trials/errors": sum(r["outcome"] == "error" for r in rows)}, step=0)
+    client.log_text(parent_run_id, table_csv(rows), "trials.csv")
+    with tempfile.TemporaryDirectory() as tmp:
+        for path in _figures(rows, parameter_importances(rows, dims), Path(tmp)):
+            client.log_artifact(parent_run_id, str(path), artifact_path="figures")
