@@ -5,7 +5,6 @@ SEQLVM := $(VENV)/bin/seqlvm
 # The CPU wheel of this torch is on local disk; an unpinned torch would pull a multi-GB CUDA build.
 TORCH ?= torch==2.13.0
 DEMO_DATA ?= data/shakespeare
-DEMO_RUN ?= demo
 
 .PHONY: setup demo test clean-demo
 
@@ -18,12 +17,14 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q -e ".[test]"
 	touch $@
 
+# The main job: a small Bayesian sweep that registers its best model, then samples from the champion.
 demo: setup
 	$(SEQLVM) prepare text --source builtin:shakespeare --out $(DEMO_DATA)
-	$(SEQLVM) train --data $(DEMO_DATA) --config seqlvm/configs/sentence-vae.yaml --workers 2 --name $(DEMO_RUN)
-	$(SEQLVM) evaluate runs/ray/$(DEMO_RUN) --samples 20
-	$(SEQLVM) sample runs/ray/$(DEMO_RUN) --n 5 --sentence "my lord , the king is dead ." \
+	$(SEQLVM) tune --data $(DEMO_DATA) --config seqlvm/configs/sweep-sentence-vae.yaml --num-samples 3 \
+		--cpus-per-worker 2 --iw-samples 5
+	$(SEQLVM) sample models:/sentence-vae-shakespeare@champion --n 5 --sentence "my lord , the king is dead ." \
 		--between "good morrow , my lord ." "i will not go with thee ."
+	$(SEQLVM) registry show sentence-vae-shakespeare
 
 test: setup
 	$(PY) -m pytest -q

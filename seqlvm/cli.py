@@ -80,6 +80,7 @@ def _add_tune(sub) -> None:
     tune.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS or a local Ray)")
     tune.add_argument("--registered-name", help="registered model (default: MODEL-CORPUS, e.g. sentence-vae-shakespeare)")
     tune.add_argument("--no-register", action="store_true", help="do not register the best checkpoint")
+    tune.add_argument("--samples", type=int, default=5, help="prior samples printed from the registered version")
     tune.add_argument("--resume", action="store_true",
                       help="continue the sweep --name (default: the latest) with its original settings")
     tune.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides shared by all trials")
@@ -205,6 +206,14 @@ def cmd_tune(args) -> None:
         verdict = "is the new champion" if result.decision.promoted else "is not champion"
         out.print(f"version {result.version} {verdict}: {result.decision.reason}")
     out.print(f"MLflow parent run: {result.parent_run_id}  ({result.tracking_uri})")
+    if args.samples:
+        import torch
+
+        from seqlvm.checkpoint import load_model
+        torch.manual_seed(args.seed)
+        uri = f"models:/{result.registered_name}/{result.version}"
+        model, vocab, _ = load_model(uri, result.tracking_uri)  # read back from the registry
+        out.print(prior_table(model, vocab, args.samples, title=f"samples from {uri}"))
 
 
 def trials_table(result) -> Table:
@@ -277,6 +286,19 @@ def cmd_evaluate(args) -> None:
     out.print(metrics_table(f"{args.checkpoint} on {args.split}", {args.split: metrics}))
 
 
+def prior_table(model, vocab, n: int, temperature: float = 1.0, max_len: int = 40, title: str = "") -> Table:
+    from seqlvm import generate
+
+    table = Table(title=title or "samples from the prior")
+    table.add_column("greedy")
+    table.add_column(f"sampled (T={temperature})")
+    greedy = generate.from_prior(model, vocab, n, greedy=True, max_len=max_len)
+    sampled = generate.from_prior(model, vocab, n, greedy=False, max_len=max_len, temperature=temperature)
+    for g, s in zip(greedy, sampled):
+        table.add_row(g, s)
+    return table
+
+
 def cmd_sample(args) -> None:
     import torch
 
@@ -285,15 +307,7 @@ def cmd_sample(args) -> None:
 
     torch.manual_seed(args.seed)
     model, vocab, _ = load_model(args.checkpoint, args.tracking_uri)
-    table = Table(title="samples from the prior")
-    table.add_column("greedy")
-    table.add_column(f"sampled (T={args.temperature})")
-    greedy = generate.from_prior(model, vocab, args.n, greedy=True, max_len=args.max_len)
-    sampled = generate.from_prior(model, vocab, args.n, greedy=False, max_len=args.max_len,
-                                  temperature=args.temperature)
-    for g, s in zip(greedy, sampled):
-        table.add_row(g, s)
-    out.print(table)
+    out.print(prior_table(model, vocab, args.n, args.temperature, args.max_len))
     if args.sentence:
         table = Table(title="decoded from the posterior")
         for column in ("input", "mean (greedy)", "posterior samples (greedy)"):
@@ -329,7 +343,7 @@ def main(argv: list[str] | None = None) -> int:
         COMMANDS[args.command](args)
     except SeqlvmError as exc:
         console.print(f"seqlvm: error: {exc}", markup=False, highlight=False, soft_wrap=True)
-        return 2
+        return exc.exit_code
     except KeyboardInterrupt:
         console.print("seqlvm: interrupted", markup=False)
         return 130

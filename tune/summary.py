@@ -1,6 +1,6 @@
 """What a finished sweep leaves behind: one row per trial, the child runs closed with their outcome and
 figures, and on the parent run a summary table, per-trial metrics and two figures (objective by trial with
-the best so far; parameter importances)."""
+the best so far; Optuna's parameter importances)."""
 from __future__ import annotations
 
 import csv
@@ -80,7 +80,10 @@ def table_csv(rows: list[dict]) -> str:
 
 
 def parameter_importances(rows: list[dict], dims: list[Dimension]) -> dict[str, float]:
-    """fANOVA importances (Optuna) of the sampled dimensions for the objective; empty below 3 scored trials."""
+    """Optuna's importance of each sampled dimension for the objective (its default evaluator); empty below
+    3 scored trials, where it means nothing."""
+    import warnings
+
     import optuna
 
     scored = [r for r in rows if r["objective"] is not None]
@@ -94,7 +97,9 @@ def parameter_importances(rows: list[dict], dims: list[Dimension]) -> dict[str, 
         study.add_trial(optuna.trial.create_trial(
             params=params, distributions={k: distributions[k] for k in params}, value=row["objective"]))
     try:
-        return optuna.importance.get_param_importances(study)
+        with warnings.catch_warnings():  # "few trials in some regimes": true of every small sweep
+            warnings.simplefilter("ignore")
+            return optuna.importance.get_param_importances(study)
     except (RuntimeError, ValueError):  # e.g. no dimension shared by every trial
         return {}
 
@@ -123,7 +128,7 @@ def _figures(rows: list[dict], importances: dict[str, float], folder: Path) -> l
         fig, ax = plt.subplots(figsize=(7, 0.4 * len(importances) + 1.2))
         names = list(importances)[::-1]
         ax.barh(names, [importances[n] for n in names], color="tab:green")
-        ax.set(xlabel="importance (fANOVA)", title="Which hyperparameters mattered")
+        ax.set(xlabel="importance (Optuna)", title="Which hyperparameters mattered")
         fig.tight_layout()
         paths.append(folder / "parameter_importance.png")
         fig.savefig(paths[-1], dpi=110)

@@ -33,6 +33,12 @@ REQUEST_FILE = "seqlvm_sweep.json"  # the sweep's settings, read back by --resum
 DATA_CPUS = 2
 
 
+class SweepInterrupted(SeqlvmError):
+    """The sweep stopped before its last trial (Ctrl-C); its state is saved for --resume."""
+
+    exit_code = 130
+
+
 @dataclass
 class SweepRequest:
     data_dir: str
@@ -87,12 +93,12 @@ def run_trial(params: dict, context: dict) -> None:
     trial_id = ray_tune.get_context().get_trial_id()
     request = TrainRequest(**context["train_request"])
     request.overrides += as_overrides(params)
-    uri = context["tracking_uri"]
     # A stable name per trial: a resumed sweep finds the same MLflow run and Train restores the same run.
     run_name = f"{context['sweep']}-{trial_id}"
-    _, _, payload = open_run(request, load_inputs(request), uri, context["experiment_id"], run_name, {
-        "mlflow.parentRunId": context["parent_run_id"], "seqlvm.sweep": context["sweep"],
-        "seqlvm.trial_id": trial_id, "seqlvm.sampled": json.dumps(params)})
+    tags = {"mlflow.parentRunId": context["parent_run_id"], "seqlvm.sweep": context["sweep"],
+            "seqlvm.trial_id": trial_id, "seqlvm.sampled": json.dumps(params)}
+    _, _, payload = open_run(request, load_inputs(request), context["tracking_uri"], context["experiment_id"],
+                             run_name, tags)
     payload["min_kl"] = context["min_kl"]
     trainer = build_trainer(request, payload, trial_id, Path(context["train_storage"]),
                             callbacks=[TuneReportCallback()])
@@ -124,22 +130,30 @@ def sweep_space(request: SweepRequest, max_steps: int) -> tuple[list[Dimension],
     return dims, min_kl
 
 
-def build_search(request: SweepRequest, dims: list[Dimension]):
+def make_sampler(search: str, seed: int, startup_trials: int):
+    """The Optuna sampler behind --search (also used by benchmarks/search_comparison.py)."""
     import optuna
-    from ray.tune.search.optuna import OptunaSearch
 
-    startup = request.startup_trials or max(2, min(10, request.num_samples // 4))
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    samplers = {
-        # multivariate + group: TPE models dependent and conditional dimensions jointly.
-        "tpe": lambda: optuna.samplers.TPESampler(seed=request.seed, n_startup_trials=startup,
-                                                  multivariate=True, group=True),
-        "gp": lambda: optuna.samplers.GPSampler(seed=request.seed, n_startup_trials=startup),
-        "random": lambda: optuna.samplers.RandomSampler(seed=request.seed),
-    }
-    return OptunaSearch(space=SpaceSampler(dims), sampler=samplers[request.search](), metric="objective",
-                        mode="min")
+    if search == "tpe":  # multivariate + group: dependent and conditional dimensions modelled jointly
+        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup_trials, multivariate=True, group=True)
+    if search == "gp":
+        return optuna.samplers.GPSampler(seed=seed, n_startup_trials=startup_trials)
+    return optuna.samplers.RandomSampler(seed=seed)
+
+
+def default_startup_trials(num_samples: int) -> int:
+    """Random trials before the Bayesian model takes over: a quarter of the budget, 2 to 10."""
+    return max(2, min(10, num_samples // 4))
+
+
+def build_search(request: SweepRequest, dims: list[Dimension]):
+    from ray.tune.search.optuna import OptunaSearch
+
+    startup = request.startup_trials or default_startup_trials(request.num_samples)
+    return OptunaSearch(space=SpaceSampler(dims), sampler=make_sampler(request.search, request.seed, startup),
+                        metric="objective", mode="min")
 
 
 def build_scheduler(request: SweepRequest, max_steps: int, eval_every: int):
@@ -205,6 +219,9 @@ def check_request(request: SweepRequest) -> None:
 def run_sweep(request: SweepRequest, resume: bool = False, console=None) -> SweepResult:
     if resume:
         request = load_resumed_request(request)
+    else:  # saved for --resume, which may run from another directory
+        request = dataclasses.replace(request, data_dir=str(Path(request.data_dir).absolute()),
+                                      config_file=request.config_file and str(Path(request.config_file).absolute()))
     check_request(request)
     _, _, run_config = load_inputs(request.train_request())
     max_steps = run_config.train.max_steps
@@ -250,6 +267,11 @@ def run_sweep(request: SweepRequest, resume: bool = False, console=None) -> Swee
         tracking.client(tracking_uri).set_terminated(parent_run_id, status="FAILED")
         raise SeqlvmError(f"sweep {name} failed: {root_cause(exc)}") from exc
 
+    done = results.num_terminated + results.num_errors
+    if done < request.num_samples:  # Ctrl-C or SIGTERM: Tune saved its state and returned early
+        tracking.client(tracking_uri).set_terminated(parent_run_id, status="KILLED")
+        raise SweepInterrupted(f"sweep {name} was interrupted before its {request.num_samples} trials finished; "
+                               f"continue it with `seqlvm tune --resume --name {name}`")
     rows = summary.trial_rows(results, dims, max_steps)
     summary.finish_child_runs(tracking_uri, name, rows)
     summary.log_to_parent(tracking_uri, parent_run_id, rows, dims)
