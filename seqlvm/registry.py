@@ -10,7 +10,6 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-
 from seqlvm import tracking
 from seqlvm.errors import SeqlvmError
 

@@ -112,12 +112,13 @@ def run_trial(params: dict, context: dict) -> None:
 def sweep_space(request: SweepRequest, max_steps: int) -> tuple[list[Dimension], float]:
     """The dimensions (the file's `tune.space`, else the defaults) and the minimum KL, each checked by building
     a run config with it."""
-    raw = load_config_file(request.config_file).get("tune") or {}
+    config = load_config_file(request.config_file)
+    raw = config.get("tune") or {}
     source = request.config_file or "defaults"
     unknown = set(raw) - {"space", "min_kl"}
     if unknown:
         raise SeqlvmError(f"{source}: unknown key tune.{sorted(unknown)[0]} (known: space, min_kl)")
-    model_name = request.model_name or load_config_file(request.config_file).get("model_name") or "sentence-vae"
+    model_name = request.model_name or config.get("model_name") or "sentence-vae"
     model_fields = {f.name for f in dataclasses.fields(model_class(model_name).config_class)}
     dims = parse_space(raw["space"], source) if raw.get("space") else default_space(model_fields, max_steps)
     for dim in dims:
