@@ -1,6 +1,8 @@
 """Search spaces, the sweep objective and the choice of the best trial: pure functions, no Ray."""
 from __future__ import annotations
 
+import json
+
 import optuna
 import pytest
 
@@ -10,7 +12,7 @@ from seqlvm.evaluation import COLLAPSE_PENALTY, sweep_objective
 from seqlvm.models import model_class
 from tune.space import SpaceSampler, as_overrides, default_space, parse_space
 from tune.summary import best_row
-from tune.sweep import SweepRequest, sweep_space
+from tune.sweep import SEARCHES, SweepRequest, make_sampler, sweep_space
 
 SPACE = {
     "train.kl_anneal": {"choice": ["sigmoid", "linear"]},
@@ -100,3 +102,20 @@ def test_a_collapsed_model_cannot_win():
             {"trial": "d", "objective": None, "checkpoint_path": "/d"}]
     assert best_row(rows)["trial"] == "b"
     assert best_row(rows[2:]) is None
+
+
+@pytest.mark.parametrize("search", SEARCHES)
+def test_each_search_proposes_valid_configurations_past_its_random_start(search):
+    # Past the start-up trials TPE and GP fit a model to the results; they must cope with the conditional,
+    # integer and categorical dimensions of the space.
+    study = optuna.create_study(sampler=make_sampler(search, seed=0, startup_trials=2))
+    propose = SpaceSampler(parse_space(SPACE, "test.yaml"))
+    seen = []
+    for i in range(5):
+        trial = study.ask()
+        fixed = propose(trial) or {}  # suggesting fills trial.params
+        params = {**trial.params, **fixed}
+        build_run_config(model_class, None, as_overrides(params))
+        study.tell(trial, float(params["model.latent_dim"]))  # an objective the model can learn
+        seen.append(params)
+    assert len({json.dumps(p, sort_keys=True) for p in seen}) == 5
