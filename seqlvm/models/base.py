@@ -36,3 +36,17 @@ class SequenceModel(nn.Module):
     def log_importance_weights(self, batch: dict[str, torch.Tensor], num_samples: int) -> torch.Tensor:
         """(num_samples, batch) log p(x, z) - log q(z | x) with z ~ q(z | x); exact log p(x) without a latent."""
         raise NotImplementedError
+
+
+def step_mask(lengths: torch.Tensor, steps: int) -> torch.Tensor:
+    """(B, T) float mask of a batch of frame sequences: 1 for real steps, 0 for padding."""
+    return (torch.arange(steps, device=lengths.device)[None, :] < lengths[:, None]).float()
+
+
+def frame_totals(log_px: torch.Tensor, kl: torch.Tensor, mask: torch.Tensor, kl_weight: float) -> ModelOutput:
+    """The output of a per-step latent model from (B, T) log p(x_t | ...) and KL terms. The text models' total
+    keys are kept: "sentences" counts sequences and "tokens" counts time steps."""
+    recon, kl = -(log_px * mask).sum(1), (kl * mask).sum(1)
+    loss = (recon + kl_weight * kl).mean()
+    return ModelOutput(loss, {"recon": recon.sum().detach(), "kl": kl.sum().detach(),
+                              "sentences": torch.tensor(float(mask.size(0))), "tokens": mask.sum()})

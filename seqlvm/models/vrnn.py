@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from seqlvm.errors import SeqlvmError
-from seqlvm.models.base import ModelOutput, SequenceModel
+from seqlvm.models.base import ModelOutput, SequenceModel, frame_totals, step_mask
 from seqlvm.models.heads import OUTPUTS, build_head, mlp
 from seqlvm.objectives import gaussian_kl_between, log_normal
 
@@ -40,11 +40,6 @@ class VRNNConfig:
         if min(self.hidden_dim, self.latent_dim, self.feature_dim, self.feature_layers, self.components) < 1:
             raise SeqlvmError("model sizes (hidden_dim, latent_dim, feature_dim, feature_layers, components) "
                               "must be at least 1")
-
-
-def step_mask(lengths: torch.Tensor, steps: int) -> torch.Tensor:
-    """(B, T) float mask: 1 for real steps, 0 for padding."""
-    return (torch.arange(steps, device=lengths.device)[None, :] < lengths[:, None]).float()
 
 
 class VRNN(SequenceModel):
@@ -96,11 +91,7 @@ class VRNN(SequenceModel):
         frames, lengths = batch["frames"], batch["lengths"]
         mask = step_mask(lengths, frames.size(1))
         log_px, kl, _ = self.step_terms(frames)
-        recon, kl = -(log_px * mask).sum(1), (kl * mask).sum(1)
-        loss = (recon + kl_weight * kl).mean()
-        # The text models' totals: "sentences" counts sequences and "tokens" counts time steps here.
-        return ModelOutput(loss, {"recon": recon.sum().detach(), "kl": kl.sum().detach(),
-                                  "sentences": torch.tensor(float(frames.size(0))), "tokens": mask.sum()})
+        return frame_totals(log_px, kl, mask, kl_weight)
 
     def log_importance_weights(self, batch: dict[str, torch.Tensor], num_samples: int) -> torch.Tensor:
         frames, lengths = batch["frames"], batch["lengths"]

@@ -1,0 +1,122 @@
+"""The frame models (VRNN, SRNN) and their output distributions: log-probabilities and KL terms against
+torch.distributions, masking of padded steps, the importance-weighted bound, sampling, and what each model's
+variants change (VRNN-I's prior, SRNN's smoothing). Pure PyTorch, no Ray."""
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import distributions as D
+
+from seqlvm.errors import SeqlvmError
+from seqlvm.models.heads import BernoulliHead, GaussianHead, GMMHead
+from seqlvm.models.srnn import SRNN, SRNNConfig, reverse_padded
+from seqlvm.models.vrnn import VRNN, VRNNConfig
+from seqlvm.objectives import gaussian_kl_between
+
+FRAME = 3
+SIZES = {"hidden_dim": 8, "latent_dim": 2, "feature_dim": 8, "components": 3}
+MODELS = {"vrnn": (VRNN, VRNNConfig), "srnn": (SRNN, SRNNConfig)}
+VARIANTS = [("vrnn", {"conditional_prior": True}), ("vrnn", {"conditional_prior": False})] + [
+    ("srnn", {"smoothing": smoothing, "resq": resq}) for smoothing in (True, False) for resq in (True, False)]
+
+
+def tiny(name: str, **options):
+    torch.manual_seed(0)
+    cls, config = MODELS[name]
+    return cls(config(**SIZES, **options), FRAME)
+
+
+def batch_of(lengths: list[int], pad_to: int, binary: bool = False) -> dict:
+    torch.manual_seed(1)
+    frames = torch.zeros(len(lengths), pad_to, FRAME)
+    for i, n in enumerate(lengths):
+        frames[i, :n] = torch.randn(n, FRAME)
+    if binary:
+        frames = (frames > 0).float()
+    return {"frames": frames, "lengths": torch.tensor(lengths)}
+
+
+def test_kl_between_diagonal_gaussians_matches_torch():
+    torch.manual_seed(0)
+    mu_q, logvar_q, mu_p, logvar_p = torch.randn(4, 5, 6).unbind(0)
+    expected = D.kl_divergence(D.Normal(mu_q, (0.5 * logvar_q).exp()), D.Normal(mu_p, (0.5 * logvar_p).exp()))
+    assert torch.allclose(gaussian_kl_between(mu_q, logvar_q, mu_p, logvar_p), expected.sum(-1), atol=1e-5)
+
+
+def test_heads_match_torch_distributions():
+    torch.manual_seed(0)
+    features, x = torch.randn(7, 5), torch.randn(7, FRAME)
+    gauss = GaussianHead(5, FRAME)
+    mean, logvar = gauss.params(features).chunk(2, -1)
+    expected = D.Normal(mean, (0.5 * logvar).exp()).log_prob(x).sum(-1)
+    assert torch.allclose(gauss.log_prob(features, x), expected, atol=1e-5)
+
+    bits = torch.randint(0, 2, (7, FRAME)).float()
+    bern = BernoulliHead(5, FRAME)
+    expected = D.Bernoulli(logits=bern.logits(features)).log_prob(bits).sum(-1)
+    assert torch.allclose(bern.log_prob(features, bits), expected, atol=1e-5)
+
+    gmm = GMMHead(5, FRAME, components=4)
+    log_w, mean, logvar = gmm._split(features)
+    mixture = D.MixtureSameFamily(D.Categorical(logits=log_w),
+                                  D.Independent(D.Normal(mean, (0.5 * logvar).exp()), 1))
+    assert torch.allclose(gmm.log_prob(features, x), mixture.log_prob(x), atol=1e-4)
+    assert gmm.sample(features).shape == x.shape
+
+
+@pytest.mark.parametrize("output", ["gauss", "gmm", "bernoulli"])
+@pytest.mark.parametrize("name, options", VARIANTS)
+def test_padded_steps_change_nothing(name, options, output):
+    model = tiny(name, output=output, **options)
+    short = batch_of([4, 6], pad_to=6, binary=output == "bernoulli")
+    long = batch_of([4, 6], pad_to=10, binary=output == "bernoulli")
+    torch.manual_seed(5)
+    a = model(short)
+    torch.manual_seed(5)  # same noise for the real steps; the extra padded steps draw theirs afterwards
+    b = model(long)
+    for key in ("recon", "kl", "tokens"):
+        assert torch.allclose(a.totals[key], b.totals[key], atol=1e-4), key
+    assert a.totals["tokens"] == 10
+    a.loss.backward()
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_importance_weighted_bound_is_tighter_than_the_elbo(name):
+    model = tiny(name).eval()
+    batch = batch_of([6, 3, 5], pad_to=6)
+    with torch.no_grad():
+        elbo = -(sum(model(batch).totals[k] for k in ("recon", "kl")) / 3)
+        log_w = model.log_importance_weights(batch, 200)
+    assert log_w.shape == (200, 3)
+    iw = (torch.logsumexp(log_w, 0) - torch.log(torch.tensor(200.0))).mean()
+    assert iw >= elbo - 0.05 and log_w.mean(0).mean() == pytest.approx(float(elbo), abs=0.5)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_sampling_from_the_prior(name):
+    rolls = tiny(name, output="bernoulli").sample_prior(2, steps=7)
+    assert rolls.shape == (2, 7, FRAME) and set(rolls.unique().tolist()) <= {0.0, 1.0}
+    with pytest.raises(SeqlvmError, match="model.output"):
+        MODELS[name][1](output="laplace").validate()
+
+
+def test_vrnn_i_has_no_prior_network_in_its_kl():
+    model = tiny("vrnn", conditional_prior=False)
+    model(batch_of([5, 5], pad_to=5)).loss.backward()
+    assert all(p.grad is None or p.grad.abs().sum() == 0 for p in model.phi_prior.parameters())
+
+
+def test_reverse_within_lengths():
+    x = torch.arange(8.0).view(2, 4, 1)
+    assert reverse_padded(x, torch.tensor([3, 4]))[:, :, 0].tolist() == [[2, 1, 0, 3], [7, 6, 5, 4]]
+
+
+def test_srnn_smoothing_posterior_sees_the_future_and_filtering_does_not():
+    batch = batch_of([6], pad_to=6)
+    changed = batch["frames"].clone()
+    changed[0, 5] += 3.0  # only the last frame differs
+    for smoothing in (True, False):
+        model = tiny("srnn", smoothing=smoothing)
+        first, second = (model.inference_states(model.deterministic_states(f), f, batch["lengths"])[0, 0]
+                         for f in (batch["frames"], changed))
+        assert (not torch.allclose(first, second)) == smoothing
