@@ -27,6 +27,16 @@ def collate(sequences: Iterable[np.ndarray]) -> dict[str, torch.Tensor]:
     return {"inputs": inputs, "targets": targets, "lengths": lengths}
 
 
+def collate_frames(sequences: Iterable[np.ndarray]) -> dict[str, torch.Tensor]:
+    """(T_i, D) frame sequences -> zero-padded `frames` (B, T, D) and `lengths` (B,)."""
+    sequences = [torch.as_tensor(np.asarray(s, dtype=np.float32)) for s in sequences]
+    lengths = torch.tensor([len(s) for s in sequences], dtype=torch.long)
+    frames = torch.zeros(len(sequences), int(lengths.max()), sequences[0].shape[1])
+    for row, seq in enumerate(sequences):
+        frames[row, :len(seq)] = seq
+    return {"frames": frames, "lengths": lengths}
+
+
 def bucketed(window: list[np.ndarray], batch_size: int, rng: np.random.Generator | None) -> Iterator[dict]:
     """Sort a window of sequences by length, cut it into batches, and yield them in random order: batches of
     similar lengths waste little on padding while the order across batches stays random."""
