@@ -47,8 +47,7 @@ def run_search(search: str, seed: int, args, train_data, valid_batches, vocab_si
     objectives = []
     for index in range(args.trials):
         trial = study.ask()
-        fixed = propose(trial) or {}  # suggesting fills trial.params
-        params = {**trial.params, **fixed}
+        params = propose.propose(trial)
         run_config, model_config = build_run_config(model_class, None, FIXED + as_overrides(params))
         model = build_model("sentence-vae", dataclasses.asdict(model_config), vocab_size)
         train_cfg = dataclasses.replace(run_config.train, seed=seed)

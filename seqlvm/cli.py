@@ -252,7 +252,7 @@ def cmd_registry(args) -> None:
     elif args.action == "show":
         out.print(rows_table(f"{args.name}", registry.show_model(client, args.name)))
     elif args.action == "promote":
-        registry.show_model(client, args.name)  # a one-line error for an unknown model
+        registry.require_model(client, args.name)
         try:
             registry.set_alias(client, args.name, args.version, args.alias)
         except Exception as exc:  # MLflow raises its own type for an unknown version
@@ -260,7 +260,7 @@ def cmd_registry(args) -> None:
                               f"({str(exc).splitlines()[0]})") from None
         out.print(f"{args.name}@{args.alias} -> version {args.version}")
     else:
-        registry.show_model(client, args.name)
+        registry.require_model(client, args.name)
         version = registry.rollback(client, args.name, args.alias)
         out.print(f"{args.name}@{args.alias} -> version {version} (rolled back)")
 

@@ -154,12 +154,17 @@ def list_models(client) -> list[dict]:
     return rows
 
 
-def show_model(client, name: str) -> list[dict]:
+def require_model(client, name: str):
+    """The registered model `name`, or a one-line error."""
     from mlflow.exceptions import MlflowException
     try:
-        model = client.get_registered_model(name)
+        return client.get_registered_model(name)
     except MlflowException:
         raise SeqlvmError(f"no registered model named {name!r}") from None
+
+
+def show_model(client, name: str) -> list[dict]:
+    model = require_model(client, name)
     aliases: dict[str, list[str]] = {}
     for alias, version in (model.aliases or {}).items():
         aliases.setdefault(str(version), []).append(alias)

@@ -30,8 +30,7 @@ def sample(space: dict, n: int, seed: int = 0) -> list[dict]:
     out = []
     for _ in range(n):
         trial = study.ask()
-        fixed = sampler(trial) or {}
-        out.append({**trial.params, **fixed})
+        out.append(sampler.propose(trial))
         study.tell(trial, 0.0)
     return out
 
@@ -113,8 +112,7 @@ def test_each_search_proposes_valid_configurations_past_its_random_start(search)
     seen = []
     for i in range(5):
         trial = study.ask()
-        fixed = propose(trial) or {}  # suggesting fills trial.params
-        params = {**trial.params, **fixed}
+        params = propose.propose(trial)
         build_run_config(model_class, None, as_overrides(params))
         study.tell(trial, float(params["model.latent_dim"]))  # an objective the model can learn
         seen.append(params)

@@ -77,6 +77,11 @@ class SpaceSampler:
         # Suggested values are captured by OptunaSearch; fixed ones must be returned.
         return {d.name: chosen[d.name] for d in self.dimensions if d.kind == "fixed" and d.name in chosen} or None
 
+    def propose(self, trial) -> dict[str, Any]:
+        """Every value of a configuration, suggested and fixed, for callers that drive Optuna themselves."""
+        fixed = self(trial) or {}  # suggesting fills trial.params, so call before reading them
+        return {**trial.params, **fixed}
+
 
 def as_overrides(params: dict[str, Any]) -> list[str]:
     """Sampled values as `key=value` config overrides (JSON values parse back to the same types)."""

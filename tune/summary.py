@@ -51,11 +51,10 @@ def best_row(rows: list[dict]) -> dict | None:
     return min(usable, key=lambda r: r["objective"]) if usable else None
 
 
-def finish_child_runs(tracking_uri: str, sweep: str, rows: list[dict]) -> None:
+def finish_child_runs(tracking_uri: str, experiment_id: str, sweep: str, rows: list[dict]) -> None:
     """Attach each trial's MLflow run to its row, close it with Tune's verdict and log its learning curves."""
     client = tracking.client(tracking_uri)
-    runs = client.search_runs(
-        [e.experiment_id for e in client.search_experiments()], f"tags.`seqlvm.sweep` = '{sweep}'")
+    runs = client.search_runs([experiment_id], f"tags.`seqlvm.sweep` = '{sweep}'")
     by_trial = {r.data.tags.get("seqlvm.trial_id"): r for r in runs}
     for row in rows:
         run = by_trial.get(row["trial"])
@@ -90,7 +89,7 @@ def parameter_importances(rows: list[dict], dims: list[Dimension]) -> dict[str, 
     if len(scored) < 3:
         return {}
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    distributions = {d.name: d.distribution() for d in dims if d.distribution() is not None}
+    distributions = {d.name: d.distribution() for d in dims if d.kind != "fixed"}
     study = optuna.create_study()
     for row in scored:
         params = {k: v for k, v in row["params"].items() if k in distributions}

@@ -13,7 +13,7 @@ import json
 import math
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from seqlvm import registry, tracking
@@ -40,35 +40,23 @@ class SweepInterrupted(SeqlvmError):
 
 
 @dataclass
-class SweepRequest:
-    data_dir: str
-    model_name: str | None = None
-    config_file: str | None = None
-    overrides: list[str] = field(default_factory=list)
+class SweepRequest(TrainRequest):
+    """What `seqlvm train` takes (shared by every trial), plus the sweep's own settings."""
     num_samples: int = 8
     search: str = "tpe"
     scheduler: str = "asha"
-    max_steps: int | None = None
-    workers: int = 1
-    cpus_per_worker: float = 1.0
     max_concurrent: int | None = None
     startup_trials: int | None = None
     min_kl: float | None = None
     seed: int = 0
     iw_samples: int = 20
-    tracking_uri: str | None = None
-    experiment: str = "seqlvm"
-    name: str | None = None
-    workdir: str = "runs"
-    address: str | None = None
     registered_name: str | None = None
     register: bool = True
 
     def train_request(self) -> TrainRequest:
-        return TrainRequest(data_dir=str(Path(self.data_dir).absolute()), model_name=self.model_name,
-                            config_file=self.config_file, overrides=list(self.overrides), workers=self.workers,
-                            cpus_per_worker=self.cpus_per_worker, max_steps=self.max_steps,
-                            experiment=self.experiment, workdir=self.workdir)
+        shared = {f.name: getattr(self, f.name) for f in dataclasses.fields(TrainRequest)}
+        return TrainRequest(**{**shared, "data_dir": str(Path(self.data_dir).absolute()),
+                               "overrides": list(self.overrides)})
 
 
 @dataclass
@@ -224,12 +212,11 @@ def run_sweep(request: SweepRequest, resume: bool = False, console=None) -> Swee
         request = dataclasses.replace(request, data_dir=str(Path(request.data_dir).absolute()),
                                       config_file=request.config_file and str(Path(request.config_file).absolute()))
     check_request(request)
-    _, _, run_config = load_inputs(request.train_request())
+    manifest, _, run_config = load_inputs(request.train_request())
     max_steps = run_config.train.max_steps
     if max_steps is None:
         raise SeqlvmError("a sweep needs a training length: set train.max_steps in the config or --max-steps")
     dims, min_kl = sweep_space(request, max_steps)
-    manifest = json.loads((Path(request.data_dir) / "manifest.json").read_text())
 
     name = request.name or f"sweep-{run_config.model_name}-{time.strftime('%Y%m%d-%H%M%S')}"
     request = dataclasses.replace(request, name=name)
@@ -241,7 +228,7 @@ def run_sweep(request: SweepRequest, resume: bool = False, console=None) -> Swee
     tracking_uri = tracking.resolve_tracking_uri(request.tracking_uri, workdir)
     tracking.check_reachable(tracking_uri)
     experiment_id = tracking.ensure_experiment(tracking_uri, request.experiment, workdir)
-    parent_run_id, resumed = tracking.start_or_resume_run(tracking_uri, experiment_id, name, {
+    parent_run_id, _ = tracking.start_or_resume_run(tracking_uri, experiment_id, name, {
         "seqlvm.kind": "sweep", "seqlvm.model": run_config.model_name,
         "seqlvm.data_source": manifest.get("source", ""), "seqlvm.data_fingerprint": manifest.get("fingerprint", "")})
     tracking.log_params(tracking_uri, parent_run_id, {
@@ -274,7 +261,7 @@ def run_sweep(request: SweepRequest, resume: bool = False, console=None) -> Swee
         raise SweepInterrupted(f"sweep {name} was interrupted before its {request.num_samples} trials finished; "
                                f"continue it with `seqlvm tune --resume --name {name}`")
     rows = summary.trial_rows(results, dims, max_steps)
-    summary.finish_child_runs(tracking_uri, name, rows)
+    summary.finish_child_runs(tracking_uri, experiment_id, name, rows)
     summary.log_to_parent(tracking_uri, parent_run_id, rows, dims)
     result = SweepResult(name, parent_run_id, tracking_uri, rows, summary.best_row(rows))
     if result.best is None:

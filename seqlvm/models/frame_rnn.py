@@ -8,9 +8,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from seqlvm.errors import SeqlvmError
 from seqlvm.models.base import ModelOutput, SequenceModel, frame_totals, step_mask
-from seqlvm.models.heads import OUTPUTS, build_head, mlp
+from seqlvm.models.heads import build_head, check_output, mlp
 
 
 @dataclass
@@ -22,8 +21,7 @@ class FrameRNNConfig:
     components: int = 20
 
     def validate(self) -> None:
-        if self.output not in OUTPUTS:
-            raise SeqlvmError(f"model.output must be one of {', '.join(OUTPUTS)}, not {self.output!r}")
+        check_output(self.output)
 
 
 class FrameRNN(SequenceModel):

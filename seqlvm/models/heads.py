@@ -8,6 +8,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from seqlvm.errors import SeqlvmError
 from seqlvm.objectives import LOG_2PI
 
 MIN_LOGVAR, MAX_LOGVAR = -10.0, 10.0  # keeps exp(logvar) finite early in training
@@ -73,14 +74,17 @@ class BernoulliHead(nn.Module):
 OUTPUTS = ("gauss", "gmm", "bernoulli")
 
 
+def check_output(kind: str) -> None:
+    """The config check every frame model makes of its `output`."""
+    if kind not in OUTPUTS:
+        raise SeqlvmError(f"model.output must be one of {', '.join(OUTPUTS)}, not {kind!r}")
+
+
 def build_head(kind: str, in_dim: int, frame_dim: int, components: int = 20) -> nn.Module:
-    if kind == "gauss":
-        return GaussianHead(in_dim, frame_dim)
+    check_output(kind)
     if kind == "gmm":
         return GMMHead(in_dim, frame_dim, components)
-    if kind == "bernoulli":
-        return BernoulliHead(in_dim, frame_dim)
-    raise ValueError(f"unknown output distribution {kind!r} (known: {', '.join(OUTPUTS)})")
+    return (GaussianHead if kind == "gauss" else BernoulliHead)(in_dim, frame_dim)
 
 
 def mlp(in_dim: int, hidden: int, layers: int) -> nn.Sequential:

@@ -18,7 +18,7 @@ from torch import nn
 
 from seqlvm.errors import SeqlvmError
 from seqlvm.models.base import ModelOutput, SequenceModel, frame_totals, step_mask
-from seqlvm.models.heads import OUTPUTS, build_head, mlp
+from seqlvm.models.heads import build_head, check_output, mlp
 from seqlvm.objectives import gaussian_kl_between, log_normal
 
 
@@ -33,8 +33,7 @@ class SRNNConfig:
     resq: bool = True  # the posterior mean as a residual on the prior mean
 
     def validate(self) -> None:
-        if self.output not in OUTPUTS:
-            raise SeqlvmError(f"model.output must be one of {', '.join(OUTPUTS)}, not {self.output!r}")
+        check_output(self.output)
         if min(self.hidden_dim, self.latent_dim, self.feature_dim, self.components) < 1:
             raise SeqlvmError("model sizes (hidden_dim, latent_dim, feature_dim, components) must be at least 1")
 

@@ -18,7 +18,7 @@ from torch import nn
 
 from seqlvm.errors import SeqlvmError
 from seqlvm.models.base import ModelOutput, SequenceModel, frame_totals, step_mask
-from seqlvm.models.heads import OUTPUTS, build_head, mlp
+from seqlvm.models.heads import build_head, check_output, mlp
 from seqlvm.objectives import gaussian_kl_between, log_normal
 
 
@@ -35,8 +35,7 @@ class VRNNConfig:
     conditional_prior: bool = True  # false: VRNN-I, z_t ~ N(0, I)
 
     def validate(self) -> None:
-        if self.output not in OUTPUTS:
-            raise SeqlvmError(f"model.output must be one of {', '.join(OUTPUTS)}, not {self.output!r}")
+        check_output(self.output)
         if min(self.hidden_dim, self.latent_dim, self.feature_dim, self.feature_layers, self.components) < 1:
             raise SeqlvmError("model sizes (hidden_dim, latent_dim, feature_dim, feature_layers, components) "
                               "must be at least 1")
