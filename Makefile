@@ -6,11 +6,22 @@ SEQLVM := $(VENV)/bin/seqlvm
 TORCH ?= torch==2.13.0
 DEMO_DATA ?= data/shakespeare
 
-.PHONY: setup demo test clean-demo
+.PHONY: setup system-packages speech-data demo test clean-demo
 
 setup: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
+# Debian's flite synthesises the built-in speech corpus (`builtin:flite`, used by the audio tests). Installed
+# when missing and apt-get can run as root; otherwise a hint, and those tests skip.
+system-packages:
+	@command -v flite >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
+		&& apt-get install -y -q --no-install-recommends flite >/dev/null; } \
+		|| echo "note: install Debian's flite for builtin:flite speech (apt-get install flite)"
+
+# Real recorded speech for `builtin:speech-es|speech-ro` (a 161 MB download, so not part of setup).
+speech-data:
+	apt-get install -y --no-install-recommends tuxpaint-stamps-default
+
+$(VENV)/.installed: pyproject.toml | system-packages
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q $(TORCH)

@@ -2,13 +2,14 @@
 split: streamed through Ray Data inside Train workers, or read locally with pyarrow."""
 from __future__ import annotations
 
-from typing import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 import pyarrow.parquet as pq
 import torch
 
-from pipelines.shards import split_files
+from pipelines.shards import read_manifest, split_files
 from seqlvm.vocab import BOS_ID, EOS_ID, PAD_ID
 
 
@@ -29,7 +30,7 @@ def collate(sequences: Iterable[np.ndarray]) -> dict[str, torch.Tensor]:
 
 def collate_frames(sequences: Iterable[np.ndarray]) -> dict[str, torch.Tensor]:
     """(T_i, D) frame sequences -> zero-padded `frames` (B, T, D) and `lengths` (B,)."""
-    sequences = [torch.as_tensor(np.asarray(s, dtype=np.float32)) for s in sequences]
+    sequences = [torch.tensor(np.asarray(s, dtype=np.float32)) for s in sequences]  # a copy: Arrow's are read-only
     lengths = torch.tensor([len(s) for s in sequences], dtype=torch.long)
     frames = torch.zeros(len(sequences), int(lengths.max()), sequences[0].shape[1])
     for row, seq in enumerate(sequences):
@@ -37,7 +38,30 @@ def collate_frames(sequences: Iterable[np.ndarray]) -> dict[str, torch.Tensor]:
     return {"frames": frames, "lengths": lengths}
 
 
-def bucketed(window: list[np.ndarray], batch_size: int, rng: np.random.Generator | None) -> Iterator[dict]:
+@dataclass(frozen=True)
+class Layout:
+    """How a prepared dataset's rows become batches: token ids (text) or flattened (T, D) frames."""
+    column: str = "ids"
+    frame_dim: int | None = None
+
+    def decode(self, value) -> np.ndarray:
+        if self.frame_dim is None:
+            return np.asarray(value, dtype=np.int64)
+        return np.asarray(value, dtype=np.float32).reshape(-1, self.frame_dim)
+
+    def collate(self, sequences: Iterable[np.ndarray]) -> dict[str, torch.Tensor]:
+        return collate(sequences) if self.frame_dim is None else collate_frames(sequences)
+
+
+TEXT = Layout()
+
+
+def layout_of(manifest: dict) -> Layout:
+    return TEXT if manifest.get("modality", "text") == "text" else Layout("frames", int(manifest["frame_dim"]))
+
+
+def bucketed(window: list[np.ndarray], batch_size: int, rng: np.random.Generator | None,
+             collate_fn: Callable = collate) -> Iterator[dict]:
     """Sort a window of sequences by length, cut it into batches, and yield them in random order: batches of
     similar lengths waste little on padding while the order across batches stays random."""
     order = sorted(range(len(window)), key=lambda i: len(window[i]))
@@ -45,38 +69,39 @@ def bucketed(window: list[np.ndarray], batch_size: int, rng: np.random.Generator
     if rng is not None:
         rng.shuffle(batches)
     for idx in batches:
-        yield collate(window[i] for i in idx)
+        yield collate_fn(window[i] for i in idx)
 
 
 def windows_to_batches(windows: Iterable[list[np.ndarray]], batch_size: int, bucket_factor: int,
-                       rng: np.random.Generator | None) -> Iterator[dict]:
+                       rng: np.random.Generator | None, layout: Layout = TEXT) -> Iterator[dict]:
     for window in windows:
         if bucket_factor > 1:
-            yield from bucketed(window, batch_size, rng)
+            yield from bucketed(window, batch_size, rng, layout.collate)
         else:
             for i in range(0, len(window), batch_size):
-                yield collate(window[i:i + batch_size])
+                yield layout.collate(window[i:i + batch_size])
 
 
 def ray_batches(shard, batch_size: int, bucket_factor: int = 1, shuffle_buffer: int = 0,
-                seed: int = 0) -> Iterator[dict]:
+                seed: int = 0, layout: Layout = TEXT) -> Iterator[dict]:
     """Batches from a Ray Data shard (`ray.train.get_dataset_shard`): the shard streams windows of
     bucket_factor * batch_size rows (shuffled through a local buffer when training), each bucketed.
     Bucketed batches always come in a seeded random order, so a capped evaluation is not biased to short
     sentences."""
     rng = np.random.default_rng(seed)
-    windows = (list(b["ids"]) for b in shard.iter_batches(
+    windows = ([layout.decode(v) for v in b[layout.column]] for b in shard.iter_batches(
         batch_size=batch_size * bucket_factor, batch_format="numpy", prefetch_batches=2,
         local_shuffle_buffer_size=shuffle_buffer or None, local_shuffle_seed=seed))
-    return windows_to_batches(windows, batch_size, bucket_factor, rng)
+    return windows_to_batches(windows, batch_size, bucket_factor, rng, layout)
 
 
 def read_split(data_dir: str, split: str, limit: int | None = None) -> list[np.ndarray]:
-    """A whole split in memory as token-id arrays (evaluation, sampling, the plain-PyTorch baseline)."""
+    """A whole split in memory as token-id or (T, D) frame arrays (evaluation, sampling, plain-PyTorch loops)."""
+    layout = layout_of(read_manifest(data_dir))
     sequences: list[np.ndarray] = []
     for path in split_files(data_dir, split):
-        for ids in pq.read_table(path, columns=["ids"]).column("ids").to_numpy(zero_copy_only=False):
-            sequences.append(np.asarray(ids, dtype=np.int64))
+        for value in pq.read_table(path, columns=[layout.column]).column(layout.column).to_numpy(zero_copy_only=False):
+            sequences.append(layout.decode(value))
             if limit is not None and len(sequences) >= limit:
                 return sequences
     return sequences
@@ -84,14 +109,19 @@ def read_split(data_dir: str, split: str, limit: int | None = None) -> list[np.n
 
 def local_batches(sequences: list[np.ndarray], batch_size: int, bucket_factor: int = 1,
                   seed: int | None = None) -> Iterator[dict]:
-    """Batches from sequences in memory, shuffled when a seed is given: the same batching as ray_batches."""
+    """Batches from sequences in memory, shuffled when a seed is given: the same batching as ray_batches.
+    Float (T, D) arrays are frames; integer arrays are token ids."""
+    layout = TEXT
+    if sequences and np.issubdtype(sequences[0].dtype, np.floating):
+        layout = Layout("frames", sequences[0].shape[1])
     rng = np.random.default_rng(seed) if seed is not None else None
     order = rng.permutation(len(sequences)) if rng is not None else np.arange(len(sequences))
     window = batch_size * bucket_factor
     windows = ([sequences[i] for i in order[s:s + window]] for s in range(0, len(order), window))
-    return windows_to_batches(windows, batch_size, bucket_factor, rng)
+    return windows_to_batches(windows, batch_size, bucket_factor, rng, layout)
 
 
 def ray_dataset(data_dir: str, split: str):
     import ray.data
-    return ray.data.read_parquet(split_files(data_dir, split), columns=["ids"])
+    column = layout_of(read_manifest(data_dir)).column
+    return ray.data.read_parquet(split_files(data_dir, split), columns=[column])

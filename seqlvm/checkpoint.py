@@ -64,8 +64,8 @@ def read_checkpoint(path: Path) -> dict:
         raise SeqlvmError(f"{path}: not a loadable seqlvm checkpoint ({str(exc).splitlines()[0]})") from None
 
 
-def load_model(spec: str, tracking_uri: str | None = None) -> tuple[SequenceModel, Vocab, dict]:
-    """(model in eval mode, vocabulary, the whole checkpoint payload)."""
+def load_model(spec: str, tracking_uri: str | None = None) -> tuple[SequenceModel, Vocab | None, dict]:
+    """(model in eval mode, vocabulary (None for a frame model), the whole checkpoint payload)."""
     path = resolve_checkpoint(spec, tracking_uri)
     payload = read_checkpoint(path)
     args = payload["model"]
@@ -73,4 +73,4 @@ def load_model(spec: str, tracking_uri: str | None = None) -> tuple[SequenceMode
     model.load_state_dict(payload["state_dict"])
     model.eval()
     payload["path"] = str(path)
-    return model, Vocab(payload["vocab"]), payload
+    return model, Vocab(payload["vocab"]) if payload.get("vocab") else None, payload

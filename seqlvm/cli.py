@@ -16,23 +16,51 @@ console = Console(stderr=True)
 out = Console(width=None if sys.stdout.isatty() else 160)
 
 
-def _add_prepare(sub) -> None:
-    from pipelines.text import TextOptions
+# `seqlvm prepare MODALITY`: (module, options class, prepare function, what --source accepts)
+PREPARERS = {
+    "text": ("pipelines.text", "TextOptions", "prepare_text",
+             "sentences: .txt/.txt.gz files or folders, hf:owner/name (streamed), builtin:shakespeare"),
+    "audio": ("pipelines.audio", "AudioOptions", "prepare_audio",
+              "speech: .wav/.flac/.ogg files or folders, builtin:speech-es|speech-ro (recorded), builtin:flite "
+              "(synthetic)"),
+    "strokes": ("pipelines.strokes", "StrokeOptions", "prepare_strokes",
+                "handwriting: IAM-OnDB lineStrokes XML files or folders, builtin:kanjivg, builtin:lasa"),
+    "midi": ("pipelines.midi", "MidiOptions", "prepare_midi",
+             "piano rolls: .mid files or folders, a Boulanger-Lewandowski .pickle, an .npz of rolls, "
+             "builtin:bach, builtin:folk"),
+}
 
-    prepare = sub.add_parser("prepare", help="turn a corpus into Parquet shards + vocabulary + manifest")
-    kinds = prepare.add_subparsers(dest="modality", required=True)
-    text = kinds.add_parser("text", help="sentences: .txt/.txt.gz files or folders, hf:DATASET, builtin:shakespeare")
-    text.add_argument("--source", required=True, help="local path, hf:owner/name (streamed), or builtin:shakespeare")
-    text.add_argument("--out", required=True, help="output folder (replaced atomically)")
-    text.add_argument("--overwrite", action="store_true", help="replace an existing dataset prepared differently")
-    defaults = TextOptions()
-    for f in fields(TextOptions):
+
+def _preparer(modality: str):
+    import importlib
+
+    module, options_class, function, _ = PREPARERS[modality]
+    module = importlib.import_module(module)
+    return getattr(module, options_class), getattr(module, function)
+
+
+def _add_options_flags(parser, options_class) -> None:
+    """One flag per field of a reader's options dataclass (its metadata's help, and the default)."""
+    defaults = options_class()
+    for f in fields(options_class):
         flag = "--" + f.name.replace("_", "-")
         default = getattr(defaults, f.name)
+        help_text = f"{f.metadata.get('help', '')} (default: {default})".strip()
         if isinstance(default, bool):
-            text.add_argument(flag, action=argparse.BooleanOptionalAction, default=default)
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=help_text)
         else:
-            text.add_argument(flag, type=type(default), default=default, help=f"(default: {default})")
+            parser.add_argument(flag, type=type(default), default=default, help=help_text)
+
+
+def _add_prepare(sub) -> None:
+    prepare = sub.add_parser("prepare", help="turn a corpus into Parquet shards + manifest (+ vocabulary for text)")
+    kinds = prepare.add_subparsers(dest="modality", required=True)
+    for modality, (_, _, _, sources) in PREPARERS.items():
+        parser = kinds.add_parser(modality, help=sources)
+        parser.add_argument("--source", required=True, help=sources)
+        parser.add_argument("--out", required=True, help="output folder (replaced atomically)")
+        parser.add_argument("--overwrite", action="store_true", help="replace an existing dataset prepared differently")
+        _add_options_flags(parser, _preparer(modality)[0])
 
 
 def _add_train(sub) -> None:
@@ -115,7 +143,8 @@ def _add_evaluate_and_sample(sub) -> None:
     evaluate.add_argument("--limit", type=int, help="evaluate only the first N sentences")
     evaluate.add_argument("--tracking-uri", help="MLflow tracking URI for runs:/ and models:/ checkpoints")
 
-    sample = sub.add_parser("sample", help="decode sentences from the prior, posteriors and homotopies")
+    sample = sub.add_parser("sample", help="text: decode sentences from the prior, posteriors and homotopies; "
+                                           "frames: render prior samples as sound, handwriting or piano rolls")
     sample.add_argument("checkpoint", help="checkpoint folder, training-run folder, runs:/ or models:/ URI")
     sample.add_argument("--n", type=int, default=5, help="sentences from the prior (each greedy and sampled)")
     sample.add_argument("--sentence", action="append", default=[], help="decode from this sentence's posterior")
@@ -124,6 +153,11 @@ def _add_evaluate_and_sample(sub) -> None:
     sample.add_argument("--temperature", type=float, default=1.0)
     sample.add_argument("--max-len", type=int, default=40)
     sample.add_argument("--seed", type=int, default=0)
+    sample.add_argument("--length", type=int, help="frame models: time steps per sample (default: the training "
+                                                   "data's mean length)")
+    sample.add_argument("--out", default="runs/samples", help="frame models: folder for the rendered files")
+    sample.add_argument("--no-log", action="store_true", help="frame models: do not log the files to the "
+                                                              "model's MLflow run")
     sample.add_argument("--tracking-uri", help="MLflow tracking URI for runs:/ and models:/ checkpoints")
 
     sub.add_parser("models", help="list the registered model names")
@@ -141,17 +175,23 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_prepare(args) -> None:
-    from pipelines.text import TextOptions, prepare_text
-
-    options = TextOptions(**{f.name: getattr(args, f.name) for f in fields(TextOptions)})
-    manifest = prepare_text(args.source, args.out, options, overwrite=args.overwrite, console=console)
-    table = Table(title=f"{args.out}  ({manifest['source']}, vocabulary {manifest['vocab_size']:,})")
-    for column in ("split", "sentences", "tokens", "unknown tokens", "shards"):
+    options_class, prepare = _preparer(args.modality)
+    options = options_class(**{f.name: getattr(args, f.name) for f in fields(options_class)})
+    manifest = prepare(args.source, args.out, options, overwrite=args.overwrite, console=console)
+    if args.modality == "text":
+        title = f"{args.out}  ({manifest['source']}, vocabulary {manifest['vocab_size']:,})"
+        columns = {"sentences": "sentences", "tokens": "tokens", "unknown tokens": "unknown_tokens"}
+    else:
+        title = f"{args.out}  ({manifest['source']}, {args.modality}, frames of {manifest['frame_dim']})"
+        columns = {"sequences": "sequences", "time steps": "steps"}
+    table = Table(title=title)
+    for column in ("split", *columns, "shards"):
         table.add_column(column, justify="right" if column != "split" else "left")
     for split, info in manifest["splits"].items():
-        table.add_row(split, f"{info['sentences']:,}", f"{info['tokens']:,}", f"{info['unknown_tokens']:,}",
-                      str(len(info["shards"])))
+        table.add_row(split, *[f"{info[key]:,}" for key in columns.values()], str(len(info["shards"])))
     out.print(table)
+    if manifest.get("skipped"):
+        console.print(f"[yellow]{len(manifest['skipped'])} unreadable files skipped[/] (listed in the manifest)")
 
 
 def metrics_table(title: str, rows: dict[str, dict[str, float]]) -> Table:
@@ -306,7 +346,10 @@ def cmd_sample(args) -> None:
     from seqlvm.checkpoint import load_model
 
     torch.manual_seed(args.seed)
-    model, vocab, _ = load_model(args.checkpoint, args.tracking_uri)
+    model, vocab, payload = load_model(args.checkpoint, args.tracking_uri)
+    if vocab is None:
+        sample_frames(args, model, payload)
+        return
     out.print(prior_table(model, vocab, args.n, args.temperature, args.max_len))
     if args.sentence:
         table = Table(title="decoded from the posterior")
@@ -323,6 +366,34 @@ def cmd_sample(args) -> None:
         for i, sentence in enumerate(path):
             table.add_row(f"{i / max(1, args.steps - 1):.2f}", sentence)
         out.print(table)
+
+
+def sample_frames(args, model, payload: dict) -> None:
+    """Render prior samples of a frame model into files, list them, and log them to the model's MLflow run."""
+    from pathlib import Path
+
+    from seqlvm import tracking
+    from seqlvm.render import log_samples, render_prior_samples
+
+    if args.sentence or args.between:
+        raise SeqlvmError(f"{args.checkpoint}: --sentence and --between need a text model")
+    paths = render_prior_samples(model, payload["data_info"], args.n, args.length, args.out)
+    table = Table(title=f"{args.n} samples from the prior of {args.checkpoint} ({payload['data_info']['modality']})")
+    table.add_column("file")
+    table.add_column("bytes", justify="right")
+    for path in paths:
+        table.add_row(str(path), f"{path.stat().st_size:,}")
+    out.print(table)
+    run_id = payload.get("mlflow_run_id")
+    if args.no_log or not run_id:
+        return
+    uri = tracking.resolve_tracking_uri(args.tracking_uri, Path("runs").absolute())
+    try:
+        log_samples(uri, run_id, paths)
+    except Exception as exc:  # the files are written either way; say why they are not in MLflow
+        console.print(f"[yellow]not logged to MLflow run {run_id}[/]: {str(exc).splitlines()[0]}")
+        return
+    out.print(f"logged to MLflow run {run_id} under samples/  ({uri})")
 
 
 def cmd_models(args) -> None:

@@ -119,19 +119,23 @@ def load_config_file(config_file: str | Path | None) -> dict[str, Any]:
 
 
 def build_run_config(model_cls_for, config_file: str | Path | None = None, overrides: list[str] = (),
-                     model_name: str | None = None) -> tuple[RunConfig, Any]:
+                     model_name: str | None = None, default_model: str = "sentence-vae",
+                     model_defaults: dict | None = None) -> tuple[RunConfig, Any]:
     """Read a YAML file and overrides into (RunConfig, model config instance).
 
     `model_cls_for(name)` returns the model class for a registry name (its `config_class` gives the fields).
+    `model_defaults` are model fields set by the data (a frame model's output distribution): the file and the
+    overrides still win, and fields the model lacks are ignored.
     """
     raw = load_config_file(config_file)
     source = str(config_file) if config_file else "overrides"
 
-    name = model_name or raw.get("model_name") or "sentence-vae"
+    name = model_name or raw.get("model_name") or default_model
     model_cls = model_cls_for(name)
     model_fields = _field_types(model_cls.config_class)
     train_fields = _field_types(TrainConfig)
-    sections = {"model": dict(raw.get("model") or {}), "train": dict(raw.get("train") or {})}
+    data_defaults = {k: v for k, v in (model_defaults or {}).items() if k in model_fields}
+    sections = {"model": {**data_defaults, **(raw.get("model") or {})}, "train": dict(raw.get("train") or {})}
     for section, known in (("model", model_fields), ("train", train_fields)):
         for key in sections[section]:
             if key not in known:

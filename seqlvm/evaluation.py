@@ -1,7 +1,10 @@
 """Shared evaluation: ELBO and its parts, the importance-weighted NLL, perplexity and active units.
 
-Totals are sums over sentences (so workers can all-reduce them); `summarize` turns them into per-sentence
-and per-token figures. Perplexities are per token, counting the end-of-sentence token as PTB does.
+Totals are sums over sequences (so workers can all-reduce them); `summarize` turns them into per-sequence
+and per-token (per time step, for frames) figures. Perplexities are per token, counting the end-of-sentence
+token as PTB does; the music and speech tables of the papers report log-likelihoods per time step instead
+(`elbo_per_step`, `iw_ll_per_step`). The totals keep the text names: "sentences" counts sequences and
+"tokens" counts tokens or time steps.
 """
 from __future__ import annotations
 
@@ -19,7 +22,8 @@ def summarize(totals: dict[str, float], prefix: str = "") -> dict[str, float]:
     n, tokens = max(totals["sentences"], 1.0), max(totals["tokens"], 1.0)
     nll_bound = (totals["recon"] + totals["kl"]) / n
     metrics = {"elbo": -nll_bound, "recon": totals["recon"] / n, "kl": totals["kl"] / n,
-               "nll_bound": nll_bound, "ppl_bound": math.exp(min(nll_bound * n / tokens, 50.0))}
+               "nll_bound": nll_bound, "ppl_bound": math.exp(min(nll_bound * n / tokens, 50.0)),
+               "elbo_per_step": -nll_bound * n / tokens}
     return {f"{prefix}{k}": v for k, v in metrics.items()}
 
 
@@ -42,10 +46,19 @@ def sweep_objective(nll_bound: float, kl: float, min_kl: float = 0.0) -> float:
 LOGITS_BUDGET_BYTES = 256 * 2**20
 
 
+# Bytes a frame model holds per time step and importance sample: states, features and head parameters, in
+# float32, for the sizes used here (an estimate: the point is to keep chunks well inside memory).
+FRAME_STEP_BYTES = 16 * 1024
+
+
 def samples_per_chunk(model: SequenceModel, batch: dict, budget_bytes: int = LOGITS_BUDGET_BYTES) -> int:
-    """How many importance samples to decode at once so one chunk's logits stay within the budget."""
-    logits_bytes = batch["targets"].numel() * model.vocab_size * 4
-    return max(1, budget_bytes // max(1, logits_bytes))
+    """How many importance samples to decode at once so one chunk's logits (text) or per-step state (frames)
+    stays within the budget."""
+    if "targets" in batch:
+        sample_bytes = batch["targets"].numel() * model.vocab_size * 4
+    else:
+        sample_bytes = batch["frames"].shape[0] * batch["frames"].shape[1] * FRAME_STEP_BYTES
+    return max(1, budget_bytes // max(1, sample_bytes))
 
 
 def importance_weighted_nll(model: SequenceModel, batch: dict, num_samples: int,
@@ -81,7 +94,7 @@ def evaluate(model: SequenceModel, batches: Iterable[dict], iw_samples: int = 0,
         add_totals(totals, model(batch).totals)
         if iw_samples:
             iw_total += float(importance_weighted_nll(model, batch, iw_samples, chunk).sum())
-        if model.has_latent:
+        if hasattr(model, "encode"):  # one global latent per sequence (the sentence VAE)
             means.append(model.encode(batch)[0].cpu())
     if not totals:
         raise ValueError("no batches to evaluate")
@@ -90,6 +103,7 @@ def evaluate(model: SequenceModel, batches: Iterable[dict], iw_samples: int = 0,
     if iw_samples:
         metrics["iw_nll"] = iw_total / totals["sentences"]
         metrics["iw_ppl"] = math.exp(min(iw_total / totals["tokens"], 50.0))
+        metrics["iw_ll_per_step"] = -iw_total / totals["tokens"]
     if means:
         metrics["active_units"] = active_units(torch.cat(means))
     return metrics

@@ -23,9 +23,13 @@ PACKAGE_ROOT = Path(__file__).resolve().parent.parent
 MODEL_CODE = Path(__file__).resolve().parent / "pyfunc_model.py"
 
 
-def _signature():
+def _signature(text: bool):
     from mlflow.models import ModelSignature
     from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
+    if not text:  # frame models: how many steps to sample in, frames (JSON, in the data's units) out
+        return ModelSignature(inputs=Schema([ColSpec("long", "steps")]),
+                              outputs=Schema([ColSpec("long", "steps"), ColSpec("string", "frames")]),
+                              params=ParamSchema([ParamSpec("seed", "long", 0)]))
     return ModelSignature(
         inputs=Schema([ColSpec("string", "sentence")]),
         outputs=Schema([ColSpec("string", "sentence"), ColSpec("string", "output"), ColSpec("string", "source")]),
@@ -39,8 +43,9 @@ def default_registered_name(model_name: str, data_source: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", f"{model_name}-{corpus}").strip("-")
 
 
-def _weights_only_checkpoint(checkpoint: Path, folder: Path) -> Path:
-    """A copy of model.pt without the optimiser state: what serving needs, at a third of the size."""
+def _weights_only_checkpoint(checkpoint: Path, folder: Path) -> tuple[Path, dict]:
+    """A copy of model.pt without the optimiser state: what serving needs, at a third of the size.
+    Returns (its path, its payload)."""
     import torch
 
     from seqlvm.checkpoint import CHECKPOINT_FILE, read_checkpoint
@@ -48,7 +53,7 @@ def _weights_only_checkpoint(checkpoint: Path, folder: Path) -> Path:
     payload.pop("optimizer", None)
     path = folder / CHECKPOINT_FILE
     torch.save(payload, path)
-    return path
+    return path, payload
 
 
 def register_checkpoint(tracking_uri: str, run_id: str, checkpoint: Path, name: str, tags: dict[str, str],
@@ -60,7 +65,7 @@ def register_checkpoint(tracking_uri: str, run_id: str, checkpoint: Path, name: 
     mlflow.set_tracking_uri(tracking_uri)
     mlflow.set_registry_uri(tracking_uri)
     with tempfile.TemporaryDirectory() as tmp:
-        weights = _weights_only_checkpoint(checkpoint, Path(tmp))
+        weights, payload = _weights_only_checkpoint(checkpoint, Path(tmp))
         manifest_path = Path(tmp) / "data_manifest.json"
         manifest_path.write_text(json.dumps(manifest, indent=2))
         with mlflow.start_run(run_id=run_id), warnings.catch_warnings():
@@ -68,7 +73,8 @@ def register_checkpoint(tracking_uri: str, run_id: str, checkpoint: Path, name: 
             warnings.filterwarnings("ignore", message=".*input example.*")
             info = mlflow.pyfunc.log_model(
                 # "Models from code": MLflow runs this file on load; no Python object is pickled.
-                name="model", python_model=str(MODEL_CODE), signature=_signature(),
+                name="model", python_model=str(MODEL_CODE),
+                signature=_signature(text=payload.get("vocab") is not None),
                 artifacts={"checkpoint": str(weights), "data_manifest": str(manifest_path)},
                 # The code travels with the model, so it loads where seqlvm is not installed.
                 code_paths=[str(PACKAGE_ROOT / "seqlvm"), str(PACKAGE_ROOT / "pipelines")],

@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from pipelines.stream import ray_batches
+from pipelines.stream import layout_of, ray_batches
 from seqlvm.checkpoint import read_checkpoint, save_checkpoint
 from seqlvm.config import TrainConfig
 from seqlvm.evaluation import TOTAL_KEYS, add_totals, summarize, sweep_objective
@@ -79,10 +79,10 @@ def apply_gradients(model, optimizer, loss: torch.Tensor, cfg: TrainConfig, scal
 
 
 @torch.no_grad()
-def validate(model, shard, cfg: TrainConfig, device) -> dict[str, float]:
+def validate(model, shard, cfg: TrainConfig, device, layout) -> dict[str, float]:
     model.eval()
     totals = {k: 0.0 for k in TOTAL_KEYS}
-    for i, batch in enumerate(ray_batches(shard, cfg.batch_size, cfg.bucket_factor)):
+    for i, batch in enumerate(ray_batches(shard, cfg.batch_size, cfg.bucket_factor, layout=layout)):
         if cfg.eval_batches is not None and i >= cfg.eval_batches:
             break
         with autocast_context(cfg, device):
@@ -104,7 +104,8 @@ class Trainer:
         self.rank, self.world = context.get_world_rank(), context.get_world_size()
         torch.manual_seed(self.cfg.seed * 1000 + self.rank)
         self.device = ray.train.torch.get_device()
-        self.net = build_model(config["model_name"], config["model"], len(config["vocab"]))
+        self.net = build_model(config["model_name"], config["model"], config["input_size"])
+        self.layout = layout_of(config["data_info"])
         self.optimizer = make_optimizer(self.net, self.cfg)
         self.step, self.epoch, self.skipped, self.consecutive_nonfinite = 0, 0, 0, 0
         self._restore(ray.train.get_checkpoint())
@@ -160,7 +161,8 @@ class Trainer:
         with tempfile.TemporaryDirectory() as folder:
             save_checkpoint(Path(folder), self.net, optimizer=self.optimizer.state_dict(), step=self.step,
                             epoch=self.epoch, skipped_steps=self.skipped, config=self.config["run_config"],
-                            vocab=self.config["vocab"], data_dir=self.config["data_dir"],
+                            vocab=self.config["vocab"], data_info=self.config["data_info"],
+                            data_dir=self.config["data_dir"],
                             mlflow_run_id=self.config["mlflow_run_id"])
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder),
                              checkpoint_dir_name=f"checkpoint_{self.step:08d}")
@@ -177,7 +179,7 @@ class Trainer:
         last_reported = None
         while not self._finished():
             batches = ray_batches(train_shard, cfg.batch_size, cfg.bucket_factor, cfg.shuffle_buffer,
-                                  seed=cfg.seed * 100003 + self.epoch * 101 + self.rank)
+                                  seed=cfg.seed * 100003 + self.epoch * 101 + self.rank, layout=self.layout)
             for batch in batches:
                 totals = self.train_step(batch)
                 if totals is not None:
@@ -209,17 +211,19 @@ class Trainer:
         bound = metrics.get("train/nll_bound", float("nan"))
         say(f"step {self.step:>6} | epoch {self.epoch} | nll bound {bound:8.2f} | "
             f"kl {metrics.get('train/kl', 0.0):6.2f} | kl weight {metrics['train/kl_weight']:.3f} | "
-            f"{metrics['train/tokens_per_sec']:8.0f} tok/s")
+            f"{metrics['train/tokens_per_sec']:8.0f} {'tok' if self.layout.frame_dim is None else 'steps'}/s")
 
     def _evaluate_and_report(self, valid_shard) -> None:
-        metrics = validate(self.net, valid_shard, self.cfg, self.device)  # unwrapped: no DDP collectives
+        metrics = validate(self.net, valid_shard, self.cfg, self.device, self.layout)  # unwrapped: no DDP collectives
         metrics.update(step=self.step, epoch=self.epoch, skipped_steps=self.skipped,
                        objective=sweep_objective(metrics["valid/nll_bound"], metrics["valid/kl"],
                                                  self.config.get("min_kl", 0.0)))
         if self.rank == 0:
             self.logger.log({k: v for k, v in metrics.items() if k.startswith("valid/")}, self.step)
+            quality = (f"ppl {metrics['valid/ppl_bound']:8.1f}" if self.layout.frame_dim is None
+                       else f"elbo/step {metrics['valid/elbo_per_step']:8.3f}")
             say(f"step {self.step:>6} | valid nll bound {metrics['valid/nll_bound']:8.2f} | "
-                f"kl {metrics['valid/kl']:6.2f} | ppl {metrics['valid/ppl_bound']:8.1f}")
+                f"kl {metrics['valid/kl']:6.2f} | {quality}")
         self._checkpoint_and_report(metrics)
 
 

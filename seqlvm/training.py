@@ -15,7 +15,7 @@ from seqlvm.checkpoint import load_model
 from seqlvm.config import RunConfig, build_run_config
 from seqlvm.errors import SeqlvmError
 from seqlvm.evaluation import evaluate
-from seqlvm.models import model_class
+from seqlvm.models import check_modality, model_class
 from seqlvm.ray_runtime import ensure_ray
 from seqlvm.train_loop import train_loop_per_worker
 from seqlvm.vocab import Vocab
@@ -48,12 +48,30 @@ class TrainResult:
     test_metrics: dict
 
 
-def build_payload(request: TrainRequest, run_config, vocab: Vocab, tracking_uri: str, run_id: str) -> dict:
-    """Everything a worker needs, as plain data: the run config (also stored in checkpoints), the vocabulary,
-    where the data is and which MLflow run to log to."""
+def data_info(manifest: dict) -> dict:
+    """What a model needs to know about its data beyond the weights, kept in every checkpoint: the modality,
+    and for frames their size, the standardisation to undo and how to render them (sound, ink, notes)."""
+    if manifest.get("modality", "text") == "text":
+        return {"modality": "text"}
+    train = manifest["splits"]["train"]
+    return {"modality": manifest["modality"], "frame_dim": manifest["frame_dim"], "output": manifest["output"],
+            "normalisation": manifest.get("normalisation"), "render": manifest.get("render", {}),
+            "mean_steps": round(train["steps"] / max(1, train["sequences"]))}
+
+
+def train_sequences(manifest: dict) -> int:
+    train = manifest["splits"]["train"]
+    return train.get("sentences", train.get("sequences", 0))
+
+
+def build_payload(request: TrainRequest, run_config, vocab: Vocab | None, manifest: dict, tracking_uri: str,
+                  run_id: str) -> dict:
+    """Everything a worker needs, as plain data: the run config (also stored in checkpoints), the vocabulary
+    (text) or frame size, where the data is and which MLflow run to log to."""
     run_config_dict = {"model_name": run_config.model_name, "model": run_config.model,
                        "train": dataclasses.asdict(run_config.train)}
-    return {**run_config_dict, "run_config": run_config_dict, "vocab": vocab.words,
+    return {**run_config_dict, "run_config": run_config_dict, "vocab": vocab.words if vocab else None,
+            "input_size": len(vocab) if vocab else int(manifest["frame_dim"]), "data_info": data_info(manifest),
             "data_dir": str(Path(request.data_dir).absolute()), "tracking_uri": tracking_uri,
             "mlflow_run_id": run_id}
 
@@ -73,31 +91,56 @@ def build_trainer(request: TrainRequest, payload: dict, run_name: str, storage: 
             name=run_name, storage_path=str(storage), callbacks=list(callbacks),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=train_cfg["keep_checkpoints"]),
             failure_config=ray.train.FailureConfig(max_failures=2)),
-        # The training split streams, its shards in a new random order each epoch (rows are shuffled further
-        # in the workers' local buffers). The validation split is small and read at every evaluation:
-        # materialise it once instead of re-reading its files each time.
-        datasets={"train": ray_dataset(request.data_dir, "train").randomize_block_order(),
+        datasets={"train": training_dataset(request.data_dir),
+                  # Small, and read at every evaluation: materialised once instead of re-read each time.
                   "valid": ray_dataset(request.data_dir, "valid").materialize()},
     )
 
 
-def load_inputs(request: TrainRequest) -> tuple[dict, Vocab, RunConfig]:
-    """The data's manifest and vocabulary and the run config, all checked before anything starts."""
+# A training split up to this size in memory is materialised in the object store once: each epoch is a new
+# execution of the dataset, and re-reading small files costs seconds an epoch, which dominates on corpora of a
+# few hundred sequences (JSB Chorales: 17 steps an epoch).
+MATERIALISE_BYTES = 64 * 2**20
+
+
+def training_dataset(data_dir: str):
+    """The training split streamed in a new random shard order each epoch (rows are shuffled further in the
+    workers' local buffers), from memory when it is small."""
+    manifest = read_manifest(data_dir)
+    train = manifest["splits"]["train"]
+    values = train["tokens"] if manifest["modality"] == "text" else train["steps"] * manifest["frame_dim"]
+    dataset = ray_dataset(data_dir, "train")
+    if values * 4 <= MATERIALISE_BYTES:
+        dataset = dataset.materialize()
+    return dataset.randomize_block_order()
+
+
+def load_inputs(request: TrainRequest) -> tuple[dict, Vocab | None, RunConfig]:
+    """The data's manifest, its vocabulary (None for frame data) and the run config, all checked before anything
+    starts. The model defaults to the sentence VAE for text and the VRNN for frames, and a frame model's output
+    distribution to the one the manifest names (Gaussian for audio, bivariate GMM + pen for strokes, Bernoulli
+    for piano rolls)."""
     manifest = read_manifest(request.data_dir)
-    if manifest.get("modality") != "text":
-        raise SeqlvmError(f"{request.data_dir}: modality {manifest.get('modality')!r} is not supported "
-                          "by the text models")
-    vocab = Vocab.load(Path(request.data_dir) / "vocab.json")
+    modality = manifest.get("modality")
+    is_text = modality == "text"
     overrides = list(request.overrides)
     if request.max_steps is not None:
         overrides.append(f"train.max_steps={request.max_steps}")
-    run_config, _ = build_run_config(model_class, request.config_file, overrides, request.model_name)
+    run_config, _ = build_run_config(model_class, request.config_file, overrides, request.model_name,
+                                     default_model="sentence-vae" if is_text else "vrnn",
+                                     model_defaults={} if is_text else {"output": manifest.get("output")})
+    check_modality(run_config.model_name, modality, request.data_dir)
+    for split in ("valid", "test") if request.final_eval else ("valid",):  # prepare never leaves train empty
+        if not manifest["splits"][split]["shards"]:
+            raise SeqlvmError(f"{request.data_dir}: the {split} split is empty; prepare the data again with a "
+                              f"larger --{split}-fraction")
     if request.workers < 1 or request.cpus_per_worker <= 0:
         raise SeqlvmError("--workers must be at least 1 and --cpus-per-worker above 0")
+    vocab = Vocab.load(Path(request.data_dir) / "vocab.json") if is_text else None
     return manifest, vocab, run_config
 
 
-def open_run(request: TrainRequest, inputs: tuple[dict, Vocab, RunConfig], tracking_uri: str,
+def open_run(request: TrainRequest, inputs: tuple[dict, Vocab | None, RunConfig], tracking_uri: str,
              experiment_id: str, run_name: str, tags: dict | None = None) -> tuple[str, bool, dict]:
     """Start (or find again, by name) the MLflow run, log its parameters and build the workers' payload.
     Returns (run id, resumed, payload)."""
@@ -106,10 +149,11 @@ def open_run(request: TrainRequest, inputs: tuple[dict, Vocab, RunConfig], track
         "seqlvm.model": run_config.model_name, "seqlvm.data_dir": str(Path(request.data_dir).absolute()),
         "seqlvm.data_source": manifest.get("source", ""), "seqlvm.data_fingerprint": manifest.get("fingerprint", ""),
         **(tags or {})})
-    payload = build_payload(request, run_config, vocab, tracking_uri, run_id)
+    payload = build_payload(request, run_config, vocab, manifest, tracking_uri, run_id)
+    size_param = {"data.vocab_size": len(vocab)} if vocab else {"data.frame_dim": payload["input_size"]}
     tracking.log_params(tracking_uri, run_id, {
         **tracking.flatten("", payload["run_config"]), "workers": request.workers,
-        "data.sentences_train": manifest["splits"]["train"]["sentences"], "data.vocab_size": len(vocab)})
+        "data.modality": manifest["modality"], "data.sequences_train": train_sequences(manifest), **size_param})
     return run_id, resumed, payload
 
 
@@ -147,8 +191,26 @@ def run_training(request: TrainRequest, console=None) -> TrainResult:
         tracking.MetricLogger(tracking_uri, run_id).log(
             {f"test/{k}": v for k, v in test_metrics.items()}, step=int(result.metrics.get("step", 0)))
     tracking.log_training_figures(tracking_uri, run_id)
+    if payload["vocab"] is None:
+        log_frame_samples(checkpoint_dir, tracking_uri, run_id)
     mlflow_client.set_terminated(run_id, status="FINISHED")
     return TrainResult(run_name, run_id, tracking_uri, checkpoint_dir, dict(result.metrics), test_metrics)
+
+
+FINAL_SAMPLES = 4
+
+
+def log_frame_samples(checkpoint_dir: str, tracking_uri: str, run_id: str) -> None:
+    """A few prior samples of the trained frame model, rendered (sound, ink, notes) into the run's `samples/`."""
+    import tempfile
+
+    import torch
+
+    from seqlvm.render import log_samples, render_prior_samples
+    torch.manual_seed(0)
+    model, _, payload = load_model(checkpoint_dir)
+    with tempfile.TemporaryDirectory() as tmp:
+        log_samples(tracking_uri, run_id, render_prior_samples(model, payload["data_info"], FINAL_SAMPLES, None, tmp))
 
 
 def root_cause(exc: BaseException) -> str:
@@ -170,14 +232,27 @@ def evaluate_checkpoint(checkpoint: str, data_dir: str | None, split: str = "tes
     data_dir = data_dir or payload.get("data_dir")
     if not data_dir:
         raise SeqlvmError(f"{checkpoint}: the checkpoint does not record its data; pass --data DIR")
-    data_vocab = Vocab.load(Path(data_dir) / "vocab.json")
-    if data_vocab.words != payload["vocab"]:
-        raise SeqlvmError(f"{data_dir}: its vocabulary differs from the checkpoint's; "
-                          "evaluate on data prepared with the same vocabulary")
+    check_same_kind_of_data(payload, data_dir)
     sequences = read_split(data_dir, split, limit)
     batches = list(local_batches(sequences, batch_size, bucket_factor=20))
     if console is not None:
         from rich.progress import track
         batches = track(batches, console=console, transient=True,
-                        description=f"evaluating {len(sequences):,} sentences, {iw_samples} importance samples")
+                        description=f"evaluating {len(sequences):,} sequences, {iw_samples} importance samples")
     return evaluate(model, batches, iw_samples, chunk)
+
+
+def check_same_kind_of_data(payload: dict, data_dir: str) -> None:
+    """A model evaluates only data like its training data: the same vocabulary, or frames of the same kind."""
+    manifest = read_manifest(data_dir)
+    if payload.get("vocab") is not None:
+        if manifest.get("modality") != "text" or Vocab.load(Path(data_dir) / "vocab.json").words != payload["vocab"]:
+            raise SeqlvmError(f"{data_dir}: its vocabulary differs from the checkpoint's; "
+                              "evaluate on data prepared with the same vocabulary")
+        return
+    trained_on = payload.get("data_info", {})
+    kind = (manifest.get("modality"), manifest.get("frame_dim"))
+    if kind != (trained_on.get("modality"), trained_on.get("frame_dim")):
+        raise SeqlvmError(f"{data_dir}: {manifest.get('modality')} data of {manifest.get('frame_dim')}-dimensional "
+                          f"frames, but the model was trained on {trained_on.get('modality')} frames of "
+                          f"{trained_on.get('frame_dim')}")

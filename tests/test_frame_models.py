@@ -9,7 +9,7 @@ from torch import distributions as D
 
 from seqlvm.errors import SeqlvmError
 from seqlvm.models.frame_rnn import FrameRNN, FrameRNNConfig
-from seqlvm.models.heads import BernoulliHead, GaussianHead, GMMHead
+from seqlvm.models.heads import BernoulliHead, GaussianHead, GMMHead, StrokeHead, build_head
 from seqlvm.models.srnn import SRNN, SRNNConfig, reverse_padded
 from seqlvm.models.vrnn import VRNN, VRNNConfig
 from seqlvm.objectives import gaussian_kl_between
@@ -66,7 +66,41 @@ def test_heads_match_torch_distributions():
     assert gmm.sample(features).shape == x.shape
 
 
-@pytest.mark.parametrize("output", ["gauss", "gmm", "bernoulli"])
+def test_stroke_head_is_a_bivariate_mixture_and_a_pen_bernoulli():
+    torch.manual_seed(0)
+    features = torch.randn(7, 5)
+    x = torch.cat([torch.randn(7, 2), torch.randint(0, 2, (7, 1)).float()], -1)
+    head = StrokeHead(5, components=4)
+    log_w, mean_x, mean_y, log_sx, log_sy, rho, pen_logit = head._split(features)
+    sx, sy = log_sx.exp(), log_sy.exp()
+    covariance = torch.stack([torch.stack([sx * sx, rho * sx * sy], -1),
+                              torch.stack([rho * sx * sy, sy * sy], -1)], -2)
+    offsets = D.MixtureSameFamily(D.Categorical(logits=log_w),
+                                  D.MultivariateNormal(torch.stack([mean_x, mean_y], -1), covariance))
+    expected = offsets.log_prob(x[:, :2]) + D.Bernoulli(logits=pen_logit).log_prob(x[:, 2])
+    assert torch.allclose(head.log_prob(features, x), expected, atol=1e-4)
+    sample = head.sample(features)
+    assert sample.shape == (7, 3) and set(sample[:, 2].tolist()) <= {0.0, 1.0}
+    with pytest.raises(SeqlvmError, match="strokes needs"):
+        build_head("strokes", 5, frame_dim=4)
+
+
+def test_stroke_head_samples_have_the_mixture_correlation():
+    head = StrokeHead(2, components=1)
+    with torch.no_grad():  # one component, fixed parameters: sd 2 and 0.5, correlation 0.8
+        head.params.weight.zero_()
+        head.params.bias.copy_(torch.tensor([0.0, 1.0, -1.0, 0.6931, -0.6931, 1.0986, -2.0]))
+    torch.manual_seed(0)
+    with torch.no_grad():
+        samples = head.sample(torch.zeros(20000, 2))
+    dx, dy = samples[:, 0], samples[:, 1]
+    assert dx.mean() == pytest.approx(1.0, abs=0.05) and dy.mean() == pytest.approx(-1.0, abs=0.02)
+    assert dx.std() == pytest.approx(2.0, abs=0.05) and dy.std() == pytest.approx(0.5, abs=0.02)
+    assert torch.corrcoef(torch.stack([dx, dy]))[0, 1] == pytest.approx(0.8, abs=0.02)
+    assert samples[:, 2].mean() == pytest.approx(float(torch.sigmoid(torch.tensor(-2.0))), abs=0.01)
+
+
+@pytest.mark.parametrize("output", ["gauss", "gmm", "bernoulli", "strokes"])
 @pytest.mark.parametrize("name, options", VARIANTS)
 def test_padded_steps_change_nothing(name, options, output):
     model = tiny(name, output=output, **options)

@@ -69,10 +69,10 @@ def test_space_keys_are_checked_against_the_model_config(tmp_path):
     config = tmp_path / "sweep.yaml"
     config.write_text("train: {max_steps: 10}\ntune:\n  space:\n    model.no_such_key: {uniform: [0, 1]}\n")
     with pytest.raises(SeqlvmError, match="tune.space.model.no_such_key"):
-        sweep_space(SweepRequest(data_dir="unused", config_file=str(config)), 10)
+        sweep_space(SweepRequest(data_dir="unused", config_file=str(config)), 10, "sentence-vae")
     config.write_text("tune:\n  spaec: {}\n")
     with pytest.raises(SeqlvmError, match="unknown key tune.spaec"):
-        sweep_space(SweepRequest(data_dir="unused", config_file=str(config)), 10)
+        sweep_space(SweepRequest(data_dir="unused", config_file=str(config)), 10, "sentence-vae")
 
 
 def test_default_space_fits_each_model_and_scales_with_training_length():
@@ -85,9 +85,13 @@ def test_default_space_fits_each_model_and_scales_with_training_length():
     assert "model.latent_dim" not in lm and "model.hidden_dim" in lm
     short, long = ({d.name: d for d in default_space(vae_fields, n)} for n in (100, 10_000))
     assert long["train.kl_anneal_midpoint"].high == 100 * short["train.kl_anneal_midpoint"].high
-    for model in ("sentence-vae", "rnnlm"):  # every default dimension is a valid config key with a valid value
-        dims, min_kl = sweep_space(SweepRequest(data_dir="unused", model_name=model), 500)
+    for model in ("sentence-vae", "rnnlm", "vrnn", "srnn", "rnn"):  # every default is a valid key and value
+        dims, min_kl = sweep_space(SweepRequest(data_dir="unused", model_name=model), 500, model)
         assert dims and min_kl == 0.0
+    srnn = {d.name for d in sweep_space(SweepRequest(data_dir="unused"), 500, "srnn")[0]}
+    assert {"model.smoothing", "model.resq", "train.kl_anneal"} <= srnn and "model.conditional_prior" not in srnn
+    rnn = {d.name for d in sweep_space(SweepRequest(data_dir="unused"), 500, "rnn")[0]}
+    assert not any("kl_" in name for name in rnn), "a model without a latent has nothing to anneal"
 
 
 def test_a_collapsed_model_cannot_win():

@@ -124,12 +124,14 @@ def parse_space(section: dict, source: str) -> list[Dimension]:
     return dimensions
 
 
-def default_space(model_fields: set[str], max_steps: int) -> list[Dimension]:
-    """The questions the papers asked, scaled to the sweep's training length; keys the model lacks are dropped.
+def default_space(model_fields: set[str], max_steps: int, has_latent: bool = True) -> list[Dimension]:
+    """The questions the papers asked, scaled to the sweep's training length; keys the model lacks are dropped,
+    and the annealing keys too when it has no latent.
 
     Annealing kind and shape (Bowman's sigmoid: rate and midpoint; Kruengkrai's linear warm-up), word dropout
     and decoder dropouts, latent samples with or without hidden-state averaging, and the sizes Bowman's
-    Table 11 tuned. Sigmoid rates are drawn so the curve rises over 5-40% of training.
+    Table 11 tuned. Sigmoid rates are drawn so the curve rises over 5-40% of training. For the frame models:
+    VRNN's conditional prior against VRNN-I, SRNN's smoothing against filtering and its Resq parameterisation.
     """
     steps = max(10, max_steps)
     sigmoid, linear = {"train.kl_anneal": ["sigmoid"]}, {"train.kl_anneal": ["linear"]}
@@ -147,5 +149,11 @@ def default_space(model_fields: set[str], max_steps: int) -> list[Dimension]:
         Dimension("model.latent_dim", "int", 8, 64, log=True),
         Dimension("model.hidden_dim", "int", 64, 384, log=True),
         Dimension("model.embedding_dim", "int", 64, 384, log=True),
+        Dimension("model.feature_dim", "int", 64, 384, log=True),
+        Dimension("model.conditional_prior", "choice", choices=[True, False]),
+        Dimension("model.smoothing", "choice", choices=[True, False]),
+        Dimension("model.resq", "choice", choices=[True, False]),
     ]
-    return [d for d in dims if d.name.split(".", 1)[0] == "train" or d.name.split(".", 1)[1] in model_fields]
+    section = {d.name: d.name.split(".", 1) for d in dims}
+    return [d for d in dims if (section[d.name][0] == "train" and (has_latent or "kl_" not in d.name))
+            or section[d.name][1] in model_fields]

@@ -97,22 +97,23 @@ def run_trial(params: dict, context: dict) -> None:
 
 # ------------------------------------------------------------------------------------------ configuration
 
-def sweep_space(request: SweepRequest, max_steps: int) -> tuple[list[Dimension], float]:
-    """The dimensions (the file's `tune.space`, else the defaults) and the minimum KL, each checked by building
-    a run config with it."""
+def sweep_space(request: SweepRequest, max_steps: int, model_name: str) -> tuple[list[Dimension], float]:
+    """The dimensions (the file's `tune.space`, else the defaults for `model_name`) and the minimum KL, each
+    checked by building a run config with it."""
     config = load_config_file(request.config_file)
     raw = config.get("tune") or {}
     source = request.config_file or "defaults"
     unknown = set(raw) - {"space", "min_kl"}
     if unknown:
         raise SeqlvmError(f"{source}: unknown key tune.{sorted(unknown)[0]} (known: space, min_kl)")
-    model_name = request.model_name or config.get("model_name") or "sentence-vae"
-    model_fields = {f.name for f in dataclasses.fields(model_class(model_name).config_class)}
-    dims = parse_space(raw["space"], source) if raw.get("space") else default_space(model_fields, max_steps)
+    model = model_class(model_name)
+    model_fields = {f.name for f in dataclasses.fields(model.config_class)}
+    dims = (parse_space(raw["space"], source) if raw.get("space")
+            else default_space(model_fields, max_steps, model.has_latent))
     for dim in dims:
         try:
             build_run_config(model_class, request.config_file,
-                             request.overrides + as_overrides({dim.name: dim.representative()}), request.model_name)
+                             request.overrides + as_overrides({dim.name: dim.representative()}), model_name)
         except SeqlvmError as exc:
             raise SeqlvmError(f"{source}: tune.space.{dim.name}: {exc}") from None
     min_kl = request.min_kl if request.min_kl is not None else float(raw.get("min_kl", 0.0))
@@ -216,7 +217,7 @@ def run_sweep(request: SweepRequest, resume: bool = False, console=None) -> Swee
     max_steps = run_config.train.max_steps
     if max_steps is None:
         raise SeqlvmError("a sweep needs a training length: set train.max_steps in the config or --max-steps")
-    dims, min_kl = sweep_space(request, max_steps)
+    dims, min_kl = sweep_space(request, max_steps, run_config.model_name)
 
     name = request.name or f"sweep-{run_config.model_name}-{time.strftime('%Y%m%d-%H%M%S')}"
     request = dataclasses.replace(request, name=name)

@@ -16,10 +16,14 @@ class ModelOutput:
     totals: dict[str, torch.Tensor]
 
 
+FRAME_MODALITIES = ("audio", "strokes", "midi")
+
+
 class SequenceModel(nn.Module):
     name: str = ""
     config_class: type = object
     has_latent: bool = True
+    modalities: tuple[str, ...] = ("text",)  # the manifest modalities this model reads
 
     def __init__(self, config, vocab_size: int):
         super().__init__()

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from seqlvm.models.base import ModelOutput, SequenceModel, frame_totals, step_mask
+from seqlvm.models.base import FRAME_MODALITIES, ModelOutput, SequenceModel, frame_totals, step_mask
 from seqlvm.models.heads import build_head, check_output, mlp
 
 
@@ -17,7 +17,7 @@ class FrameRNNConfig:
     hidden_dim: int = 256
     feature_dim: int = 128
     feature_layers: int = 1
-    output: str = "gauss"  # gauss | gmm | bernoulli
+    output: str = "gauss"  # gauss | gmm | bernoulli | strokes (default: what the data's manifest names)
     components: int = 20
 
     def validate(self) -> None:
@@ -29,6 +29,7 @@ class FrameRNN(SequenceModel):
 
     name = "rnn"
     config_class = FrameRNNConfig
+    modalities = FRAME_MODALITIES
     has_latent = False
 
     def __init__(self, config: FrameRNNConfig, frame_dim: int):

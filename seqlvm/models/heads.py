@@ -1,6 +1,7 @@
 """Output distributions for continuous and binary frames, shared by the RNN, VRNN and SRNN families:
 diagonal Gaussian (speech), a mixture of diagonal Gaussians (GMM, 20 components in Chung et al.), and
-independent Bernoullis (piano rolls, pen-up bits). A head maps features (..., in_dim) to a distribution over
+independent Bernoullis (piano rolls), and for pen strokes a mixture of bivariate Gaussians over the offsets with
+a Bernoulli pen-up bit (Graves, 2013). A head maps features (..., in_dim) to a distribution over
 frames (..., frame_dim); `log_prob` sums over the frame's dimensions."""
 from __future__ import annotations
 
@@ -71,7 +72,44 @@ class BernoulliHead(nn.Module):
         return torch.bernoulli(torch.sigmoid(self.logits(features)))
 
 
-OUTPUTS = ("gauss", "gmm", "bernoulli")
+class StrokeHead(nn.Module):
+    """Frames (dx, dy, pen_up): a mixture of `components` bivariate Gaussians with correlation rho for the
+    offsets, and a Bernoulli for the pen lifting after the point."""
+
+    def __init__(self, in_dim: int, components: int = 20):
+        super().__init__()
+        self.components = components
+        self.params = nn.Linear(in_dim, 6 * components + 1)
+
+    def _split(self, features):
+        out = self.params(features)
+        logits, mean_x, mean_y, log_sx, log_sy, rho = out[..., :-1].chunk(6, dim=-1)
+        log_sx, log_sy = (s.clamp(MIN_LOGVAR / 2, MAX_LOGVAR / 2) for s in (log_sx, log_sy))
+        # tanh keeps |rho| < 1; the margin keeps log(1 - rho^2) finite in float32.
+        return F.log_softmax(logits, -1), mean_x, mean_y, log_sx, log_sy, torch.tanh(rho) * 0.999, out[..., -1]
+
+    def log_prob(self, features: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        log_w, mean_x, mean_y, log_sx, log_sy, rho, pen_logit = self._split(features)
+        zx = (x[..., :1] - mean_x) / log_sx.exp()
+        zy = (x[..., 1:2] - mean_y) / log_sy.exp()
+        one_minus_rho2 = 1 - rho.pow(2)
+        log_normal2 = (-LOG_2PI - log_sx - log_sy - 0.5 * one_minus_rho2.log()
+                       - (zx.pow(2) + zy.pow(2) - 2 * rho * zx * zy) / (2 * one_minus_rho2))
+        log_pen = -F.binary_cross_entropy_with_logits(pen_logit, x[..., 2], reduction="none")
+        return torch.logsumexp(log_w + log_normal2, dim=-1) + log_pen
+
+    def sample(self, features: torch.Tensor) -> torch.Tensor:
+        log_w, mean_x, mean_y, log_sx, log_sy, rho, pen_logit = self._split(features)
+        pick = torch.distributions.Categorical(logits=log_w).sample().unsqueeze(-1)
+        mx, my, sx, sy, r = (t.gather(-1, pick).squeeze(-1) for t in (mean_x, mean_y, log_sx.exp(),
+                                                                       log_sy.exp(), rho))
+        e1, e2 = torch.randn_like(mx), torch.randn_like(mx)
+        dx = mx + sx * e1
+        dy = my + sy * (r * e1 + (1 - r.pow(2)).sqrt() * e2)
+        return torch.stack([dx, dy, torch.bernoulli(torch.sigmoid(pen_logit))], dim=-1)
+
+
+OUTPUTS = ("gauss", "gmm", "bernoulli", "strokes")
 
 
 def check_output(kind: str) -> None:
@@ -82,6 +120,10 @@ def check_output(kind: str) -> None:
 
 def build_head(kind: str, in_dim: int, frame_dim: int, components: int = 20) -> nn.Module:
     check_output(kind)
+    if kind == "strokes":
+        if frame_dim != 3:
+            raise SeqlvmError(f"model.output strokes needs (dx, dy, pen_up) frames, not {frame_dim}-dimensional ones")
+        return StrokeHead(in_dim, components)
     if kind == "gmm":
         return GMMHead(in_dim, frame_dim, components)
     return (GaussianHead if kind == "gauss" else BernoulliHead)(in_dim, frame_dim)
@@ -96,4 +138,4 @@ def mlp(in_dim: int, hidden: int, layers: int) -> nn.Sequential:
     return nn.Sequential(*modules)
 
 
-__all__ = ["BernoulliHead", "GMMHead", "GaussianHead", "OUTPUTS", "build_head", "mlp"]
+__all__ = ["BernoulliHead", "GMMHead", "GaussianHead", "OUTPUTS", "StrokeHead", "build_head", "mlp"]

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from seqlvm.errors import SeqlvmError
-from seqlvm.models.base import ModelOutput, SequenceModel, frame_totals, step_mask
+from seqlvm.models.base import FRAME_MODALITIES, ModelOutput, SequenceModel, frame_totals, step_mask
 from seqlvm.models.heads import build_head, check_output, mlp
 from seqlvm.objectives import gaussian_kl_between, log_normal
 
@@ -27,7 +27,7 @@ class SRNNConfig:
     hidden_dim: int = 256  # GRU units of d_t and of the backward a_t
     latent_dim: int = 16
     feature_dim: int = 128  # units of the two-layer networks
-    output: str = "gauss"  # gauss | gmm | bernoulli
+    output: str = "gauss"  # gauss | gmm | bernoulli | strokes (default: what the data's manifest names)
     components: int = 20
     smoothing: bool = True  # false: filtering, q sees only x_t and d_t
     resq: bool = True  # the posterior mean as a residual on the prior mean
@@ -48,6 +48,7 @@ class SRNN(SequenceModel):
 
     name = "srnn"
     config_class = SRNNConfig
+    modalities = FRAME_MODALITIES
 
     def __init__(self, config: SRNNConfig, frame_dim: int):
         super().__init__(config, frame_dim)  # frame_dim in the vocabulary-size slot, as for the VRNN

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from seqlvm.errors import SeqlvmError
-from seqlvm.models.base import ModelOutput, SequenceModel, frame_totals, step_mask
+from seqlvm.models.base import FRAME_MODALITIES, ModelOutput, SequenceModel, frame_totals, step_mask
 from seqlvm.models.heads import build_head, check_output, mlp
 from seqlvm.objectives import gaussian_kl_between, log_normal
 
@@ -30,7 +30,7 @@ class VRNNConfig:
     latent_dim: int = 16
     feature_dim: int = 128
     feature_layers: int = 1
-    output: str = "gauss"  # gauss | gmm | bernoulli
+    output: str = "gauss"  # gauss | gmm | bernoulli | strokes (default: what the data's manifest names)
     components: int = 20  # GMM components
     conditional_prior: bool = True  # false: VRNN-I, z_t ~ N(0, I)
 
@@ -46,6 +46,7 @@ class VRNN(SequenceModel):
 
     name = "vrnn"
     config_class = VRNNConfig
+    modalities = FRAME_MODALITIES
 
     def __init__(self, config: VRNNConfig, frame_dim: int):
         # `frame_dim` fills the base class's vocabulary-size slot: the size of one frame.
