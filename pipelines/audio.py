@@ -20,8 +20,8 @@ from typing import Iterator
 
 import numpy as np
 
-from pipelines.frames import (ErrorPolicy, Example, FrameOptions, Standardise, denormalise, files_fingerprint,
-                              write_frame_dataset)
+from pipelines.frames import (ErrorPolicy, Example, FrameOptions, Standardise, cache_root, denormalise,
+                              files_fingerprint, write_frame_dataset)
 from seqlvm.errors import SeqlvmError
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg")
@@ -95,10 +95,6 @@ def _tuxpaint_source(language: str) -> tuple[Path, list[Path]]:
     return TUXPAINT_STAMPS, files
 
 
-def _cache_root() -> Path:
-    return Path(os.environ.get("SEQLVM_CACHE") or Path.home() / ".cache" / "seqlvm")
-
-
 def flite_sentences(count: int) -> list[str]:
     """The first `count` distinct Shakespeare sentences of FLITE_WORDS words starting with a capital, in play
     order."""
@@ -137,7 +133,7 @@ def _flite_source(options: AudioOptions, console=None) -> tuple[Path, list[Path]
     if not sentences:
         raise SeqlvmError(f"builtin:flite: no Shakespeare sentences of {FLITE_WORDS[0]}..{FLITE_WORDS[1]} words")
     digest = hashlib.sha256("\n".join(sentences).encode()).hexdigest()[:10]
-    folder = _cache_root() / "flite" / f"{FLITE_VOICE}-{len(sentences)}-{digest}"
+    folder = cache_root() / "flite" / f"{FLITE_VOICE}-{len(sentences)}-{digest}"
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "sentences.txt").write_text("\n".join(sentences) + "\n", encoding="utf-8")
     files = [folder / f"{i:05d}.wav" for i in range(len(sentences))]

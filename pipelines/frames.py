@@ -77,6 +77,11 @@ class ErrorPolicy:
             self.console.print(f"[yellow]skipped[/] {path}: {reason}")
 
 
+def cache_root() -> Path:
+    """Where readers keep what is slow to make (synthesised speech, converted music21 corpora)."""
+    return Path(os.environ.get("SEQLVM_CACHE") or Path.home() / ".cache" / "seqlvm")
+
+
 def files_fingerprint(files: Iterable[Path], options, extra: str = "") -> str:
     """A digest of the input files' paths (relative to their common folder: they decide the splits) and bytes,
     the options and anything else that shapes the output."""

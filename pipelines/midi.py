@@ -19,7 +19,7 @@ from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
-from pipelines.frames import (ErrorPolicy, Example, FrameOptions, files_fingerprint, frame_split,
+from pipelines.frames import (ErrorPolicy, Example, FrameOptions, cache_root, files_fingerprint, frame_split,
                               write_frame_dataset)
 from pipelines.shards import is_up_to_date
 from seqlvm.errors import SeqlvmError
@@ -258,10 +258,6 @@ def read_npz_rolls(path: str | Path) -> dict[str, list[np.ndarray]]:
 
 # --- music21's corpus, converted once and cached ---
 
-def cache_dir() -> Path:
-    return Path(os.environ.get("SEQLVM_CACHE") or Path.home() / ".cache" / "seqlvm")
-
-
 def _music21():
     try:
         import music21
@@ -324,7 +320,7 @@ def _convert_collection(name: str, options: MidiOptions, policy: ErrorPolicy, co
 
 def _cache_file(name: str, options: MidiOptions) -> Path:
     version = _music21().__version__
-    return (cache_dir() / "midi" / f"{name}-{options.steps_per_beat}spb-{options.max_pieces or 'all'}"
+    return (cache_root() / "midi" / f"{name}-{options.steps_per_beat}spb-{options.max_pieces or 'all'}"
                                    f"-music21-{version}-v{CACHE_VERSION}.npz")
 
 

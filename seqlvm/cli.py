@@ -108,7 +108,8 @@ def _add_tune(sub) -> None:
     tune.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS or a local Ray)")
     tune.add_argument("--registered-name", help="registered model (default: MODEL-CORPUS, e.g. sentence-vae-shakespeare)")
     tune.add_argument("--no-register", action="store_true", help="do not register the best checkpoint")
-    tune.add_argument("--samples", type=int, default=5, help="prior samples printed from the registered version")
+    tune.add_argument("--samples", type=int, default=5, help="prior samples printed (text) or rendered into "
+                                                             "WORKDIR/samples (frames) from the registered version")
     tune.add_argument("--resume", action="store_true",
                       help="continue the sweep --name (default: the latest) with its original settings")
     tune.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides shared by all trials")
@@ -252,8 +253,12 @@ def cmd_tune(args) -> None:
         from seqlvm.checkpoint import load_model
         torch.manual_seed(args.seed)
         uri = f"models:/{result.registered_name}/{result.version}"
-        model, vocab, _ = load_model(uri, result.tracking_uri)  # read back from the registry
-        out.print(prior_table(model, vocab, args.samples, title=f"samples from {uri}"))
+        model, vocab, payload = load_model(uri, result.tracking_uri)  # read back from the registry
+        if vocab is None:
+            folder = f"{args.workdir}/samples/{result.registered_name}-{result.version}"
+            out.print(rendered_samples(model, payload, args.samples, None, folder, f"samples from {uri}")[0])
+        else:
+            out.print(prior_table(model, vocab, args.samples, title=f"samples from {uri}"))
 
 
 def trials_table(result) -> Table:
@@ -368,21 +373,30 @@ def cmd_sample(args) -> None:
         out.print(table)
 
 
+def rendered_samples(model, payload: dict, n: int, length: int | None, folder: str, title: str):
+    """Render n prior samples of a frame model into `folder`. Returns (a table of the files, their paths)."""
+    from seqlvm.render import render_prior_samples
+
+    paths = render_prior_samples(model, payload["data_info"], n, length, folder)
+    table = Table(title=f"{title} ({payload['data_info']['modality']})")
+    table.add_column("file")
+    table.add_column("bytes", justify="right")
+    for path in paths:
+        table.add_row(str(path), f"{path.stat().st_size:,}")
+    return table, paths
+
+
 def sample_frames(args, model, payload: dict) -> None:
     """Render prior samples of a frame model into files, list them, and log them to the model's MLflow run."""
     from pathlib import Path
 
     from seqlvm import tracking
-    from seqlvm.render import log_samples, render_prior_samples
+    from seqlvm.render import log_samples
 
     if args.sentence or args.between:
         raise SeqlvmError(f"{args.checkpoint}: --sentence and --between need a text model")
-    paths = render_prior_samples(model, payload["data_info"], args.n, args.length, args.out)
-    table = Table(title=f"{args.n} samples from the prior of {args.checkpoint} ({payload['data_info']['modality']})")
-    table.add_column("file")
-    table.add_column("bytes", justify="right")
-    for path in paths:
-        table.add_row(str(path), f"{path.stat().st_size:,}")
+    table, paths = rendered_samples(model, payload, args.n, args.length, args.out,
+                                    f"{args.n} samples from the prior of {args.checkpoint}")
     out.print(table)
     run_id = payload.get("mlflow_run_id")
     if args.no_log or not run_id:

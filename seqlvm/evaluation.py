@@ -99,7 +99,8 @@ def evaluate(model: SequenceModel, batches: Iterable[dict], iw_samples: int = 0,
     if not totals:
         raise ValueError("no batches to evaluate")
     metrics = summarize(totals)
-    metrics.update(sentences=totals["sentences"], tokens=totals["tokens"])
+    counted = ("sequences", "steps") if "frames" in batch else ("sentences", "tokens")
+    metrics.update({counted[0]: totals["sentences"], counted[1]: totals["tokens"]})
     if iw_samples:
         metrics["iw_nll"] = iw_total / totals["sentences"]
         metrics["iw_ppl"] = math.exp(min(iw_total / totals["tokens"], 50.0))

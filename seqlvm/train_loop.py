@@ -198,6 +198,8 @@ class Trainer:
                 self.epoch += 1
         if last_reported != self.step:
             self._evaluate_and_report(valid_shard)
+        if self.rank == 0 and cfg.max_steps is not None and self.step < cfg.max_steps:
+            say(f"stopped at step {self.step}: train.epochs={cfg.epochs} came before train.max_steps={cfg.max_steps}")
 
     def _log_train(self, window: dict[str, float], seconds: float) -> None:
         totals = all_reduce_sum(window, self.device)

@@ -166,3 +166,15 @@ def test_rnn_baseline_likelihood_is_exact_and_matches_its_loss():
         exact = model.log_importance_weights(batch, 40)
     assert exact.shape == (1, 2) and float(out.totals["kl"]) == 0.0
     assert torch.allclose(-exact.sum(), out.totals["recon"], atol=1e-4)
+
+
+@pytest.mark.parametrize("name", ["vrnn", "srnn"])
+def test_extreme_latent_log_variances_keep_the_loss_finite(name):
+    """Early in training, with the KL weight near zero, nothing holds the posterior variance: an unbounded
+    log-variance overflowed SRNN's KL to NaN on JSB at step 15. The latent Gaussians' log-variances are clamped."""
+    model = tiny(name)
+    posterior = model.phi_enc[-1] if name == "vrnn" else model.posterior[-1]
+    with torch.no_grad():
+        posterior.bias[SIZES["latent_dim"]:] = 500.0  # log-variance half of (mean, log-variance)
+    out = model(batch_of([6, 4], pad_to=6))
+    assert torch.isfinite(out.loss) and torch.isfinite(out.totals["kl"])

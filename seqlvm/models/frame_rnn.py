@@ -25,7 +25,7 @@ class FrameRNNConfig:
 
 
 class FrameRNN(SequenceModel):
-    """LSTM over frames with a Gaussian, GMM or Bernoulli output: the baseline of VRNN and SRNN."""
+    """LSTM over frames with a Gaussian, GMM, Bernoulli or pen-stroke output: the baseline of VRNN and SRNN."""
 
     name = "rnn"
     config_class = FrameRNNConfig

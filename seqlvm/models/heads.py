@@ -15,14 +15,21 @@ from seqlvm.objectives import LOG_2PI
 MIN_LOGVAR, MAX_LOGVAR = -10.0, 10.0  # keeps exp(logvar) finite early in training
 
 
+def gaussian_parameters(params: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean, log-variance) from a network's output of twice the size, the log-variance kept in a range where
+    its exp and the KL terms stay finite (an unbounded one overflows early in training, when the KL weight
+    is near zero and nothing holds the posterior variance)."""
+    mean, logvar = params.chunk(2, dim=-1)
+    return mean, logvar.clamp(MIN_LOGVAR, MAX_LOGVAR)
+
+
 class GaussianHead(nn.Module):
     def __init__(self, in_dim: int, frame_dim: int):
         super().__init__()
         self.params = nn.Linear(in_dim, 2 * frame_dim)
 
     def _split(self, features):
-        mean, logvar = self.params(features).chunk(2, dim=-1)
-        return mean, logvar.clamp(MIN_LOGVAR, MAX_LOGVAR)
+        return gaussian_parameters(self.params(features))
 
     def log_prob(self, features: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         mean, logvar = self._split(features)
@@ -138,4 +145,5 @@ def mlp(in_dim: int, hidden: int, layers: int) -> nn.Sequential:
     return nn.Sequential(*modules)
 
 
-__all__ = ["BernoulliHead", "GMMHead", "GaussianHead", "OUTPUTS", "StrokeHead", "build_head", "mlp"]
+__all__ = ["BernoulliHead", "GMMHead", "GaussianHead", "OUTPUTS", "StrokeHead", "build_head", "gaussian_parameters",
+           "mlp"]

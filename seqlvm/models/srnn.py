@@ -18,7 +18,7 @@ from torch import nn
 
 from seqlvm.errors import SeqlvmError
 from seqlvm.models.base import FRAME_MODALITIES, ModelOutput, SequenceModel, frame_totals, step_mask
-from seqlvm.models.heads import build_head, check_output, mlp
+from seqlvm.models.heads import build_head, check_output, gaussian_parameters, mlp
 from seqlvm.objectives import gaussian_kl_between, log_normal
 
 
@@ -84,8 +84,8 @@ class SRNN(SequenceModel):
         z = frames.new_zeros(frames.size(0), self.config.latent_dim)
         log_px, kl, log_ratio = [], [], []
         for t in range(frames.size(1)):
-            mu_p, logvar_p = self.prior(torch.cat([z, d[:, t]], -1)).chunk(2, -1)
-            mu_q, logvar_q = self.posterior(torch.cat([z, a[:, t]], -1)).chunk(2, -1)
+            mu_p, logvar_p = gaussian_parameters(self.prior(torch.cat([z, d[:, t]], -1)))
+            mu_q, logvar_q = gaussian_parameters(self.posterior(torch.cat([z, a[:, t]], -1)))
             if self.config.resq:
                 mu_q = mu_p + mu_q
             z = mu_q + (0.5 * logvar_q).exp() * torch.randn_like(mu_q)
@@ -116,7 +116,7 @@ class SRNN(SequenceModel):
         frames = []
         for _ in range(steps):
             d, h = self.forward_rnn(x, h)
-            mu_p, logvar_p = self.prior(torch.cat([z, d[:, 0]], -1)).chunk(2, -1)
+            mu_p, logvar_p = gaussian_parameters(self.prior(torch.cat([z, d[:, 0]], -1)))
             z = mu_p + (0.5 * logvar_p).exp() * torch.randn_like(mu_p)
             x = self.head.sample(self.emission(torch.cat([z, d[:, 0]], -1))).unsqueeze(1)
             frames.append(x)

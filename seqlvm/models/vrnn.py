@@ -6,8 +6,8 @@
     inference  q(z_t | x_t, h_{t-1})   = N(mu_z, sigma_z)   from phi_enc([phi_x(x_t), h_{t-1}]) (Eq. 9)
 
 The ELBO sums, over steps, log p(x_t | ...) - KL(q(z_t) || p(z_t)) (Eq. 10). Batches hold `frames` (B, T, D)
-and `lengths` (B,); padded steps add nothing. Output distributions: gauss, gmm (VRNN-Gauss, VRNN-GMM) or
-bernoulli (piano rolls). `conditional_prior: false` gives VRNN-I (STORN-like).
+and `lengths` (B,); padded steps add nothing. Output distributions: gauss, gmm (VRNN-Gauss, VRNN-GMM),
+bernoulli (piano rolls) or strokes (pen offsets and lifts). `conditional_prior: false` gives VRNN-I (STORN-like).
 """
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from torch import nn
 
 from seqlvm.errors import SeqlvmError
 from seqlvm.models.base import FRAME_MODALITIES, ModelOutput, SequenceModel, frame_totals, step_mask
-from seqlvm.models.heads import build_head, check_output, mlp
+from seqlvm.models.heads import build_head, check_output, gaussian_parameters, mlp
 from seqlvm.objectives import gaussian_kl_between, log_normal
 
 
@@ -42,7 +42,7 @@ class VRNNConfig:
 
 
 class VRNN(SequenceModel):
-    """Variational RNN (Chung et al. 2015): VRNN-Gauss, VRNN-GMM, VRNN-I, Bernoulli outputs for piano rolls."""
+    """Variational RNN (Chung et al. 2015): VRNN-Gauss, VRNN-GMM, VRNN-I; Bernoulli and pen-stroke outputs too."""
 
     name = "vrnn"
     config_class = VRNNConfig
@@ -66,7 +66,7 @@ class VRNN(SequenceModel):
         if not self.config.conditional_prior:
             zeros = h.new_zeros(h.size(0), self.config.latent_dim)
             return zeros, zeros
-        return self.phi_prior(h).chunk(2, dim=-1)
+        return gaussian_parameters(self.phi_prior(h))
 
     def step_terms(self, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Run the model over (B, T, D) frames with z_t ~ q. Returns per-step (B, T) log p(x_t | ...), the
@@ -78,7 +78,7 @@ class VRNN(SequenceModel):
         for t in range(steps):
             features_x = self.phi_x(frames[:, t])
             mu_p, logvar_p = self._prior(h)
-            mu_q, logvar_q = self.phi_enc(torch.cat([features_x, h], -1)).chunk(2, dim=-1)
+            mu_q, logvar_q = gaussian_parameters(self.phi_enc(torch.cat([features_x, h], -1)))
             z = mu_q + (0.5 * logvar_q).exp() * torch.randn_like(mu_q)
             features_z = self.phi_z(z)
             log_px.append(self.head.log_prob(self.phi_dec(torch.cat([features_z, h], -1)), frames[:, t]))
