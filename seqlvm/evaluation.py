@@ -99,7 +99,7 @@ def evaluate(model: SequenceModel, batches: Iterable[dict], iw_samples: int = 0,
     if not totals:
         raise ValueError("no batches to evaluate")
     metrics = summarize(totals)
-    counted = ("sequences", "steps") if "frames" in batch else ("sentences", "tokens")
+    counted = ("sentences", "tokens") if "text" in model.modalities else ("sequences", "steps")
     metrics.update({counted[0]: totals["sentences"], counted[1]: totals["tokens"]})
     if iw_samples:
         metrics["iw_nll"] = iw_total / totals["sentences"]
