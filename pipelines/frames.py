@@ -147,7 +147,6 @@ def write_frame_dataset(out: str | Path, examples: Callable[[ErrorPolicy], Itera
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
     options.validate()
-    out = Path(out)
     if is_up_to_date(out, fingerprint):
         if console:
             console.print(f"{out}: already prepared from this input with these options; nothing to do")

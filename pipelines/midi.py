@@ -382,7 +382,6 @@ def prepare_midi(spec: str, out: str | Path, options: MidiOptions, overwrite: bo
     """Prepare piano rolls from `spec` (a .mid/.midi file or folder, a .pickle/.pkl, an .npz, builtin:bach or
     builtin:folk) into `out`. Returns the manifest; a no-op when `out` already holds this exact input."""
     options.validate()
-    out = Path(out)
     seconds_per_step = options.time_step or SECONDS_PER_BEAT / options.steps_per_beat
     examples: Callable[[ErrorPolicy], Iterable[Example]]
     if spec.startswith("builtin:"):

@@ -3,13 +3,16 @@ split: streamed through Ray Data inside Train workers, or read locally with pyar
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
 from pipelines.shards import read_manifest, split_files
+from seqlvm.errors import SeqlvmError
 from seqlvm.vocab import BOS_ID, EOS_ID, PAD_ID
 
 
@@ -95,12 +98,17 @@ def ray_batches(shard, batch_size: int, bucket_factor: int = 1, shuffle_buffer: 
     return windows_to_batches(windows, batch_size, bucket_factor, rng, layout)
 
 
-def read_split(data_dir: str, split: str, limit: int | None = None) -> list[np.ndarray]:
+def read_split(data_dir: str | Path, split: str, limit: int | None = None) -> list[np.ndarray]:
     """A whole split in memory as token-id or (T, D) frame arrays (evaluation, sampling, plain-PyTorch loops)."""
     layout = layout_of(read_manifest(data_dir))
     sequences: list[np.ndarray] = []
-    for path in split_files(data_dir, split):
-        for value in pq.read_table(path, columns=[layout.column]).column(layout.column).to_numpy(zero_copy_only=False):
+    filesystem, paths = split_files(data_dir, split)
+    for path in paths:
+        try:
+            table = pq.read_table(path, columns=[layout.column], filesystem=filesystem)
+        except (OSError, pa.ArrowException) as exc:
+            raise SeqlvmError(f"{data_dir}: cannot read the shard {path} ({str(exc).strip().splitlines()[0]})") from None
+        for value in table.column(layout.column).to_numpy(zero_copy_only=False):
             sequences.append(layout.decode(value))
             if limit is not None and len(sequences) >= limit:
                 return sequences
@@ -121,7 +129,12 @@ def local_batches(sequences: list[np.ndarray], batch_size: int, bucket_factor: i
     return windows_to_batches(windows, batch_size, bucket_factor, rng, layout)
 
 
-def ray_dataset(data_dir: str, split: str):
+def ray_dataset(data_dir: str, split: str, shuffle_files: bool = False):
+    """A split as a Ray Data dataset, read lazily from the dataset's filesystem (local, S3, GCS...): the read
+    tasks run on the worker nodes, each streaming its shards; with `shuffle_files`, in a new random order at
+    every execution (epoch)."""
     import ray.data
     column = layout_of(read_manifest(data_dir)).column
-    return ray.data.read_parquet(split_files(data_dir, split), columns=[column])
+    filesystem, paths = split_files(data_dir, split)
+    return ray.data.read_parquet(paths, columns=[column], filesystem=filesystem,
+                                 shuffle="files" if shuffle_files else None)

@@ -21,7 +21,7 @@ import pyarrow as pa
 from pipelines.shards import (SPLITS, ShardWriter, atomic_output, is_up_to_date, read_manifest, split_of,
                               write_manifest)
 from seqlvm.errors import SeqlvmError
-from seqlvm.vocab import SPECIALS, UNK_ID, Vocab
+from seqlvm.vocab import SPECIALS, UNK_ID, VOCAB_FILE, Vocab
 
 TEXT_SCHEMA = pa.schema([("ids", pa.list_(pa.int32())), ("length", pa.int32())])
 FORMAT = "seqlvm-text/1"
@@ -231,7 +231,6 @@ def prepare_text(spec: str, out: str | Path, options: TextOptions, overwrite: bo
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
     options.validate()
-    out = Path(out)
     source = Source(spec, options)
     fingerprint = source.fingerprint()
     if is_up_to_date(out, fingerprint):
@@ -262,7 +261,7 @@ def prepare_text(spec: str, out: str | Path, options: TextOptions, overwrite: bo
             writer.flush()
         if writers["train"].rows == 0:
             raise SeqlvmError(f"{spec}: every sentence fell outside the training split; lower the fractions")
-        vocab.save(tmp / "vocab.json")
+        vocab.save(tmp / VOCAB_FILE)
         train_tokens = sum(counts.values())
         manifest = {
             "format": FORMAT, "modality": "text", "source": spec, "fingerprint": fingerprint,

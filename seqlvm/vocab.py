@@ -4,9 +4,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from seqlvm.errors import SeqlvmError
+
 PAD, UNK, BOS, EOS = "<pad>", "<unk>", "<s>", "</s>"
 SPECIALS = (PAD, UNK, BOS, EOS)
 PAD_ID, UNK_ID, BOS_ID, EOS_ID = range(4)
+VOCAB_FILE = "vocab.json"
 
 
 class Vocab:
@@ -37,5 +40,20 @@ class Vocab:
         path.write_text(json.dumps(self.words, ensure_ascii=False))
 
     @classmethod
-    def load(cls, path: Path) -> "Vocab":
-        return cls(json.loads(Path(path).read_text()))
+    def load(cls, path: str | Path) -> "Vocab":
+        """From a vocab.json file: a local path or a URI pyarrow can open."""
+        from pipelines.shards import resolve
+        filesystem, file = resolve(path)
+        with filesystem.open_input_stream(file) as stream:
+            return cls(json.loads(stream.read()))
+
+    @classmethod
+    def of_dataset(cls, data_dir: str | Path) -> "Vocab":
+        """The vocabulary of the prepared text dataset at `data_dir` (a local path or a URI)."""
+        from pipelines.shards import read_dataset_file
+        try:
+            return cls(json.loads(read_dataset_file(data_dir, VOCAB_FILE)))
+        except FileNotFoundError:
+            raise SeqlvmError(f"{data_dir}: no {VOCAB_FILE}; not a prepared text dataset") from None
+        except (OSError, ValueError) as exc:
+            raise SeqlvmError(f"{data_dir}: unreadable {VOCAB_FILE} ({str(exc).strip().splitlines()[0]})") from None

@@ -1,0 +1,246 @@
+"""Peak memory of the streaming training path as the corpus grows: the built-in Shakespeare corpus (1x) and a
+corpus N times larger (default 10x, its training shards repeated: copies of the Parquet files, listed in a copy
+of the manifest) are each streamed once through what a Ray Train worker runs: `training_dataset`'s streaming
+path (Ray Data's read_parquet from the dataset's filesystem, shard files in random order; corpora under 64 MiB of
+token ids are materialised by training instead, which this bypasses), split by `streaming_split(1, equal=True)`
+as Train splits it, and consumed in a Ray actor by `ray_batches` (local shuffle buffer, length bucketing,
+padding into torch tensors) with the default training configuration.
+
+While each pass runs, a thread in the driver samples every 0.2 s the resident memory (RSS) of the driver and
+of every Ray worker process below it (`ray::...`: read tasks, the split coordinator, the consumer) and the
+object store's usage; the consumer also reports its own high-water RSS (a fresh actor per pass). Both passes
+share one Ray instance (num_cpus=4, object_store_memory=512 MiB), after a warm-up pass, the 1x baseline first.
+
+Ray Data reads ahead as far as its object-store budget allows, in blocks of up to 128 MiB, so at this scale
+(10x Shakespeare is 30 MB of token ids: one block) the object store holds the whole epoch; `--block-mb` and
+`--store-budget-mb` shrink both to show the regime of a corpus of many blocks.
+
+    .venv/bin/python benchmarks/streaming_memory.py                                   # ~1.5 min on 2 cores
+    .venv/bin/python benchmarks/streaming_memory.py --block-mb 2 --store-budget-mb 8
+    .venv/bin/python benchmarks/streaming_memory.py --data s3://bucket/shakespeare --scratch s3://bucket/tmp
+(Linux: the driver finds Ray's processes among its descendants. A --scratch URI takes no query string: give
+S3 endpoints and credentials in the AWS_* variables.)
+"""
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import tempfile  # noqa: E402
+import threading  # noqa: E402
+import time  # noqa: E402
+
+import ray  # noqa: E402  (first: it puts its bundled psutil on sys.path)
+import psutil  # noqa: E402
+import pyarrow.fs as pafs  # noqa: E402
+from rich.console import Console  # noqa: E402
+from rich.table import Table  # noqa: E402
+
+from _common import DEFAULT_DATA  # noqa: E402
+from pipelines.shards import MANIFEST, read_manifest, resolve  # noqa: E402
+from pipelines.text import TextOptions, prepare_text  # noqa: E402
+from seqlvm.config import TrainConfig  # noqa: E402
+from seqlvm.vocab import VOCAB_FILE  # noqa: E402
+
+MB = 2**20
+
+
+def build_corpus(source: str, target: str, factor: int) -> dict:
+    """Copy the dataset at `source` to `target` with each training shard repeated `factor` times (the other
+    splits once), and a manifest listing the copies. Either location may be a URI."""
+    manifest = read_manifest(source)
+    src_fs, src_root = resolve(source)
+    dst_fs, dst_root = resolve(target)
+    dst_fs.create_dir(dst_root, recursive=True)
+
+    def copy(name: str, new_name: str) -> None:
+        dst_fs.create_dir(f"{dst_root}/{new_name}".rsplit("/", 1)[0], recursive=True)
+        pafs.copy_files(f"{src_root}/{name}", f"{dst_root}/{new_name}", source_filesystem=src_fs,
+                        destination_filesystem=dst_fs)
+
+    copy(VOCAB_FILE, VOCAB_FILE)
+    splits = {}
+    for split, info in manifest["splits"].items():
+        repeat = factor if split == "train" else 1
+        shards = []
+        for shard in info["shards"]:
+            for k in range(repeat):
+                name = shard if repeat == 1 else shard.replace(".parquet", f"-r{k:02d}.parquet")
+                copy(shard, name)
+                shards.append(name)
+        splits[split] = {**info, "shards": shards,
+                         **{key: info[key] * repeat for key in ("sentences", "tokens", "unknown_tokens") if key in info}}
+    manifest = {**manifest, "splits": splits, "source": f"{manifest['source']} x{factor}",
+                "fingerprint": f"{manifest['fingerprint']}-x{factor}"}
+    with dst_fs.open_output_stream(f"{dst_root}/{MANIFEST}") as out:
+        out.write(json.dumps(manifest, indent=2).encode())
+    return manifest
+
+
+class Sampler(threading.Thread):
+    """Peaks of the driver's RSS, of each Ray worker process's RSS and of their sum, and of the object store."""
+
+    def __init__(self, interval: float = 0.2):
+        super().__init__(daemon=True)
+        self.interval, self.stop_event = interval, threading.Event()
+        self.driver = psutil.Process()
+        self.peaks = {"driver": 0, "worker": 0, "total": 0, "store": None}
+        self.store_state = None
+        try:
+            from ray._private.internal_api import get_state_from_address
+            self.store_state = get_state_from_address(ray.get_runtime_context().gcs_address)
+        except Exception:  # a private API: without it the object store column says n/a
+            self.store_state = None
+
+    def store_bytes(self) -> int | None:
+        if self.store_state is None:
+            return None
+        try:
+            from ray._private.internal_api import get_memory_info_reply
+            return int(get_memory_info_reply(self.store_state, timeout_seconds=5).store_stats.object_store_bytes_used)
+        except Exception:
+            return None
+
+    def sample(self) -> None:
+        driver = self.driver.memory_info().rss
+        workers = []
+        for proc in self.driver.children(recursive=True):  # this Ray instance only: raylet -> workers
+            try:
+                if proc.cmdline()[:1] and proc.cmdline()[0].startswith("ray::"):
+                    workers.append(proc.memory_info().rss)
+            except psutil.Error:
+                pass
+        peaks = self.peaks
+        peaks["driver"] = max(peaks["driver"], driver)
+        peaks["worker"] = max([peaks["worker"], *workers])
+        peaks["total"] = max(peaks["total"], driver + sum(workers))
+        store = self.store_bytes()
+        if store is not None:
+            peaks["store"] = max(peaks["store"] or 0, store)
+
+    def run(self) -> None:
+        while not self.stop_event.is_set():
+            self.sample()
+            self.stop_event.wait(self.interval)
+
+    def finish(self) -> dict:
+        self.stop_event.set()
+        self.join()
+        self.sample()
+        return self.peaks
+
+
+def make_consumer():
+    @ray.remote(num_cpus=1)
+    class Consumer:
+        """What a Train worker does with its dataset shard, minus the model."""
+
+        def consume(self, shard, batch_size: int, bucket_factor: int, shuffle_buffer: int) -> dict:
+            import resource
+
+            from pipelines.stream import ray_batches
+            rows = batches = 0
+            started = time.time()
+            for batch in ray_batches(shard, batch_size, bucket_factor, shuffle_buffer, seed=0):
+                rows += int(batch["lengths"].shape[0])
+                batches += 1
+            return {"rows": rows, "batches": batches, "seconds": time.time() - started,
+                    "consumer_peak": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
+
+    return Consumer
+
+
+def stream(data: str, cfg: TrainConfig, split: str = "train") -> dict:
+    from pipelines.stream import ray_dataset
+    from seqlvm.training import training_dataset
+    consumer = make_consumer().remote()
+    ray.get(consumer.__ray_ready__.remote())  # its start-up (importing torch) is not part of the pass
+    sampler = Sampler()
+    sampler.start()
+    started = time.time()
+    dataset = training_dataset(data, materialise_bytes=0) if split == "train" else ray_dataset(data, split)
+    [shard] = dataset.streaming_split(1, equal=True)
+    result = ray.get(consumer.consume.remote(shard, cfg.batch_size, cfg.bucket_factor, cfg.shuffle_buffer))
+    result["wall"] = time.time() - started
+    result.update(sampler.finish())
+    ray.kill(consumer)
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", default=str(DEFAULT_DATA),
+                        help="a prepared text dataset (path or URI); prepared from builtin:shakespeare if absent")
+    parser.add_argument("--scratch", default=None, help="where the 1x and Nx copies go (path or URI; default: a "
+                                                        "temporary folder, removed afterwards)")
+    parser.add_argument("--factor", type=int, default=10)
+    parser.add_argument("--store-budget-mb", type=float, default=None,
+                        help="cap Ray Data's object-store use (execution_options.resource_limits); default: Ray's")
+    parser.add_argument("--block-mb", type=float, default=None,
+                        help="Ray Data's target block size (default 128 MiB, more than 10x Shakespeare: one block); "
+                             "a few MB shows the regime of a corpus of many blocks")
+    args = parser.parse_args()
+    console = Console()
+
+    started = time.time()
+    prepare_text("builtin:shakespeare", args.data, TextOptions(), console=console)
+    console.print(f"data {args.data} ready in {time.time() - started:.0f} s")
+    cfg = TrainConfig()
+    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False, object_store_memory=512 * MB)
+    from ray.data import DataContext
+    DataContext.get_current().enable_progress_bars = False
+    if args.block_mb:
+        DataContext.get_current().target_max_block_size = int(args.block_mb * MB)
+        DataContext.get_current().target_min_block_size = 1
+    if args.store_budget_mb:
+        from ray.data import ExecutionResources
+        DataContext.get_current().execution_options.resource_limits = ExecutionResources(
+            object_store_memory=args.store_budget_mb * MB)
+
+    with tempfile.TemporaryDirectory(prefix="seqlvm-streaming-") as tmp:
+        scratch = (args.scratch or tmp).rstrip("/")
+        corpora = {factor: build_corpus(args.data, f"{scratch}/x{factor}", factor) for factor in (1, args.factor)}
+        stream(f"{scratch}/x1", cfg, "valid")  # warm-up: Ray Data's first execution starts its worker processes
+        results = {}
+        for factor, manifest in corpora.items():
+            console.print(f"{factor}x: {manifest['splits']['train']['sentences']:,} training sentences in "
+                          f"{len(manifest['splits']['train']['shards'])} shards; streaming...")
+            results[factor] = stream(f"{scratch}/x{factor}", cfg)
+            results[factor]["expected"] = manifest["splits"]["train"]["sentences"]
+    ray.shutdown()
+
+    budget = f"{args.store_budget_mb:g} MB" if args.store_budget_mb else "Ray's default"
+    block = f"{args.block_mb:g} MB" if args.block_mb else "Ray's default"
+    table = Table(title=f"Streaming the training split through Ray Data (batch {cfg.batch_size}, bucket factor "
+                        f"{cfg.bucket_factor}, shuffle buffer {cfg.shuffle_buffer}; Ray Data blocks {block}, "
+                        f"object-store budget {budget}); peak RSS and object-store use in MB")
+    for column in ("corpus", "rows", "batches", "seconds", "driver", "consumer (Train worker)",
+                   "largest Ray worker", "driver + all Ray workers", "object store"):
+        table.add_column(column, justify="right")
+
+    def row(name: str, values: list) -> None:
+        table.add_row(name, *values)
+
+    def mb(value) -> str:
+        return "n/a" if value is None else f"{value / MB:,.0f}"
+
+    keys = ("driver", "consumer_peak", "worker", "total", "store")
+    for factor, r in results.items():
+        assert r["rows"] == r["expected"], f"{factor}x: streamed {r['rows']} rows of {r['expected']}"
+        row(f"{factor}x", [f"{r['rows']:,}", f"{r['batches']:,}", f"{r['wall']:.1f}", *(mb(r[k]) for k in keys)])
+    base, big = results[1], results[args.factor]
+
+    def ratio(key: str) -> str:
+        return "n/a" if not base[key] or big[key] is None else f"{big[key] / base[key]:.2f}"
+    row(f"{args.factor}x / 1x", [f"{big['rows'] / base['rows']:.1f}", f"{big['batches'] / base['batches']:.1f}",
+                                 f"{big['wall'] / base['wall']:.1f}", *(ratio(k) for k in keys)])
+    console.print(table)
+
+
+if __name__ == "__main__":
+    main()
