@@ -6,7 +6,7 @@ SEQLVM := $(VENV)/bin/seqlvm
 TORCH ?= torch==2.13.0
 DEMO_DATA ?= data/shakespeare
 
-.PHONY: setup system-packages speech-data demo test clean-demo
+.PHONY: setup system-packages speech-data demo test clean-demo cluster-up cluster-down
 
 setup: $(VENV)/.installed
 
@@ -39,6 +39,13 @@ demo: setup
 
 test: setup
 	$(PY) -m pytest -q
+
+# A real multi-process Ray cluster (head + worker node) and an MLflow server on 127.0.0.1; prints what to export.
+cluster-up: setup
+	$(SEQLVM) cluster up --dir runs/cluster
+
+cluster-down:
+	$(SEQLVM) cluster down --dir runs/cluster
 
 clean-demo:
 	rm -rf runs $(DEMO_DATA)

@@ -55,7 +55,7 @@ def run_ray(data_dir: Path, vocab, overrides: list[str], workdir: Path, console:
     started = time.time()
     ensure_ray(1)
     try:
-        result = build_trainer(request, payload, "throughput", workdir / "ray").fit()
+        result = build_trainer(request, payload, "throughput", str(workdir / "ray")).fit()
         wall = time.time() - started
         threads = ray.get(ray.remote(num_cpus=1)(_torch_threads).remote())  # as in the 1-CPU Train worker
     finally:

@@ -57,6 +57,19 @@ def resolve_checkpoint(spec: str, tracking_uri: str | None = None) -> Path:
     return found
 
 
+def local_copy(checkpoint_path: str, storage: str | None) -> str:
+    """A checkpoint folder readable here. Ray Train reports checkpoints in remote storage (`--storage s3://...`)
+    as paths inside that filesystem; those are downloaded to a temporary folder."""
+    if not storage or "://" not in storage or storage.startswith("file://"):
+        return checkpoint_path
+    import pyarrow.fs
+
+    filesystem, _ = pyarrow.fs.FileSystem.from_uri(storage)
+    target = tempfile.mkdtemp(prefix="seqlvm-ckpt-")
+    pyarrow.fs.copy_files(checkpoint_path, target, source_filesystem=filesystem)
+    return target
+
+
 def read_checkpoint(path: Path) -> dict:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)

@@ -63,6 +63,10 @@ def _add_prepare(sub) -> None:
         _add_options_flags(parser, _preparer(modality)[0])
 
 
+STORAGE_HELP = ("where Ray keeps checkpoints: a URI (s3://bucket/prefix, gs://...) or a folder every node sees; "
+                "needed on a multi-node cluster (default: WORKDIR/ray, WORKDIR/tune)")
+
+
 def _add_train(sub) -> None:
     train = sub.add_parser("train", help="train a model on prepared data with Ray Train, tracked in MLflow")
     train.add_argument("--data", required=True, help="a folder written by `seqlvm prepare`")
@@ -77,6 +81,7 @@ def _add_train(sub) -> None:
     train.add_argument("--name", help="run name; reusing a name resumes that run from its latest checkpoint")
     train.add_argument("--workdir", default="runs", help="local folder for the default MLflow store and Ray storage")
     train.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS or a local Ray)")
+    train.add_argument("--storage", help=STORAGE_HELP)
     train.add_argument("--no-final-eval", action="store_true", help="skip the test-set evaluation at the end")
     train.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. train.lr=0.01")
 
@@ -106,6 +111,7 @@ def _add_tune(sub) -> None:
     tune.add_argument("--name", help="sweep name (default: model and time); --resume continues it")
     tune.add_argument("--workdir", default="runs", help="local folder for the default MLflow store and Ray storage")
     tune.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS or a local Ray)")
+    tune.add_argument("--storage", help=STORAGE_HELP)
     tune.add_argument("--registered-name", help="registered model (default: MODEL-CORPUS, e.g. sentence-vae-shakespeare)")
     tune.add_argument("--no-register", action="store_true", help="do not register the best checkpoint")
     tune.add_argument("--samples", type=int, default=5, help="prior samples printed (text) or rendered into "
@@ -164,6 +170,49 @@ def _add_evaluate_and_sample(sub) -> None:
     sub.add_parser("models", help="list the registered model names")
 
 
+def _add_cluster_commands(sub) -> None:
+    address_help = "the head's dashboard, e.g. http://127.0.0.1:8265 (default: $RAY_ADDRESS, else that)"
+    submit = sub.add_parser("submit", help="run a seqlvm command on a Ray cluster as a Ray job",
+                            usage="seqlvm submit [options] -- seqlvm COMMAND ...")
+    submit.add_argument("--address", help=address_help)
+    submit.add_argument("--working-dir", help="folder shipped with the job (default: this checkout)")
+    submit.add_argument("--no-working-dir", action="store_true",
+                        help="ship nothing: run the seqlvm installed in the cluster's image")
+    submit.add_argument("--tracking-uri", help="MLflow tracking URI as the cluster reaches it (default: the "
+                                                "MLFLOW_TRACKING_URI of the cluster's nodes)")
+    submit.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
+                        help="an environment variable for the job (not a secret)")
+    submit.add_argument("--submission-id", help="the job's id (default: seqlvm-COMMAND-TIME-RANDOM)")
+    submit.add_argument("--wait", action="store_true", help="wait for the job to end; exit 1 unless it succeeded")
+    submit.add_argument("--follow", action="store_true", help="stream its logs until it ends (implies --wait)")
+    submit.add_argument("job_command", nargs=argparse.REMAINDER, metavar="-- COMMAND",
+                        help="the command, e.g. -- seqlvm tune ...")
+
+    jobs = sub.add_parser("jobs", help="Ray jobs on a cluster: list, status, logs, stop")
+    actions = jobs.add_subparsers(dest="action", required=True)
+    for action, text in (("list", "jobs with their status"), ("status", "one job's status"),
+                         ("logs", "one job's logs"), ("stop", "stop a running job")):
+        parser = actions.add_parser(action, help=text)
+        parser.add_argument("--address", help=address_help)
+        if action != "list":
+            parser.add_argument("job_id", help="the submission id printed by seqlvm submit")
+        if action == "status":
+            parser.add_argument("--wait", action="store_true", help="wait for the job to end")
+        if action == "logs":
+            parser.add_argument("--follow", action="store_true", help="stream until the job ends")
+
+    cluster = sub.add_parser("cluster", help="a local multi-process Ray cluster + MLflow server on 127.0.0.1")
+    actions = cluster.add_subparsers(dest="action", required=True)
+    for action, text in (("up", "start a head node, a worker node and an MLflow server"),
+                         ("down", "stop what `up` started"), ("status", "addresses and the environment to use it")):
+        parser = actions.add_parser(action, help=text)
+        parser.add_argument("--dir", default="runs/cluster", help="the cluster's state folder (default runs/cluster)")
+        if action == "up":
+            parser.add_argument("--head-cpus", type=int, default=4, help="logical CPUs of the head node")
+            parser.add_argument("--worker-cpus", type=int, default=2, help="logical CPUs of the worker node")
+            parser.add_argument("--no-mlflow", action="store_true", help="no MLflow server")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="seqlvm", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -172,6 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_tune(sub)
     _add_registry(sub)
     _add_evaluate_and_sample(sub)
+    _add_cluster_commands(sub)
     return parser
 
 
@@ -217,7 +267,8 @@ def cmd_train(args) -> None:
                            overrides=args.overrides, workers=args.workers,
                            cpus_per_worker=args.cpus_per_worker, max_steps=args.max_steps,
                            tracking_uri=args.tracking_uri, experiment=args.experiment, name=args.name,
-                           workdir=args.workdir, address=args.address, final_eval=not args.no_final_eval)
+                           workdir=args.workdir, storage=args.storage, address=args.address,
+                           final_eval=not args.no_final_eval)
     result = run_training(request, console=console)
     valid = {k.split("/", 1)[1]: v for k, v in result.metrics.items() if k.startswith("valid/")}
     out.print(metrics_table(f"run {result.run_name}", {"valid": valid, "test": result.test_metrics}))
@@ -236,7 +287,8 @@ def cmd_tune(args) -> None:
         workers=args.workers, cpus_per_worker=args.cpus_per_worker, max_concurrent=args.max_concurrent,
         startup_trials=args.startup_trials, min_kl=args.min_kl, seed=args.seed, iw_samples=args.iw_samples,
         tracking_uri=args.tracking_uri, experiment=args.experiment, name=args.name, workdir=args.workdir,
-        address=args.address, registered_name=args.registered_name, register=not args.no_register)
+        storage=args.storage, address=args.address, registered_name=args.registered_name,
+        register=not args.no_register)
     result = run_sweep(request, resume=args.resume, console=console)
     out.print(trials_table(result))
     if result.version is None:
@@ -417,8 +469,83 @@ def cmd_models(args) -> None:
         out.print(f"{name:<14} {(cls.__doc__ or '').strip().splitlines()[0]}")
 
 
+def cmd_submit(args) -> None:
+    from seqlvm import jobs
+
+    command = args.job_command[1:] if args.job_command[:1] == ["--"] else args.job_command
+    job_id = jobs.submit(command, args.address, args.working_dir, not args.no_working_dir, args.tracking_uri,
+                         args.env, args.submission_id)
+    out.print(f"submitted job {job_id} to {jobs.jobs_address(args.address)}")
+    if args.follow or args.wait:
+        status = jobs.follow(job_id, args.address) if args.follow else jobs.wait(job_id, args.address)
+        finish_job(job_id, status)
+    else:
+        out.print(f"follow it with: seqlvm jobs logs {job_id} --follow")
+
+
+def finish_job(job_id: str, status: str) -> None:
+    from seqlvm import jobs
+
+    out.print(f"job {job_id}: {status}")
+    if status != "SUCCEEDED":
+        raise jobs.JobFailed(f"job {job_id} ended {status} (its logs: seqlvm jobs logs {job_id})")
+
+
+def cmd_jobs(args) -> None:
+    from seqlvm import jobs
+
+    if args.action == "list":
+        rows = [{"job": j.submission_id, "status": str(j.status.value), "command": j.entrypoint[:70],
+                 "started": time_of(j.start_time), "ended": time_of(j.end_time)}
+                for j in sorted(jobs.call(args.address, "list_jobs"), key=lambda j: j.start_time or 0)
+                if j.submission_id]
+        out.print(rows_table("jobs", rows))
+    elif args.action == "status":
+        status = jobs.wait(args.job_id, args.address) if args.wait else None
+        info = jobs.call(args.address, "get_job_info", args.job_id)
+        out.print(f"job {args.job_id}: {status or info.status.value}"
+                  + (f" ({info.message.splitlines()[0]})" if info.message else ""))
+        if status is not None:
+            finish_job(args.job_id, status)
+    elif args.action == "logs":
+        if args.follow:
+            finish_job(args.job_id, jobs.follow(args.job_id, args.address))
+        else:
+            sys.stdout.write(jobs.call(args.address, "get_job_logs", args.job_id))
+    else:
+        stopped = jobs.call(args.address, "stop_job", args.job_id)
+        out.print(f"job {args.job_id}: {'stop requested' if stopped else 'was not running'}")
+
+
+def time_of(milliseconds: int | None) -> str:
+    import time
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(milliseconds / 1000)) if milliseconds else ""
+
+
+def cmd_cluster(args) -> None:
+    from pathlib import Path
+
+    from seqlvm import local_cluster
+
+    root = Path(args.dir)
+    if args.action == "up":
+        state = local_cluster.up(root, args.head_cpus, args.worker_cpus, mlflow=not args.no_mlflow)
+    elif args.action == "down":
+        state = local_cluster.down(root)
+        out.print(f"stopped the local cluster in {state.root} (processes {sorted(state.pids.values())})")
+        return
+    else:
+        state = local_cluster.load(root)
+    out.print(f"Ray head {state.gcs_address}, dashboard and Jobs API {state.dashboard_url}, "
+              f"MLflow {state.tracking_uri or 'not started'}; logs in {state.root}")
+    out.print("use it from a shell with:")
+    for key, value in state.client_env().items():
+        out.print(f"export {key}={value}")
+
+
 COMMANDS = {"prepare": cmd_prepare, "train": cmd_train, "tune": cmd_tune, "registry": cmd_registry,
-            "evaluate": cmd_evaluate, "sample": cmd_sample, "models": cmd_models}
+            "evaluate": cmd_evaluate, "sample": cmd_sample, "models": cmd_models, "submit": cmd_submit,
+            "jobs": cmd_jobs, "cluster": cmd_cluster}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -7,6 +7,8 @@ from __future__ import annotations
 import math
 import os
 
+from seqlvm.errors import SeqlvmError
+
 # Ray Data's per-operator progress bars would drown the training progress lines the rank-0 worker prints.
 QUIET_ENV = {"RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS": "0", "RAY_USAGE_STATS_ENABLED": "0",
              "RAY_DATA_DISABLE_PROGRESS_BARS": "1"}
@@ -20,6 +22,9 @@ def ensure_ray(worker_cpus: float = 1, address: str | None = None, dashboard: bo
     if ray.is_initialized():
         return ray
     address = address or os.environ.get("RAY_ADDRESS")
+    if address and address.startswith(("http://", "https://")):
+        raise SeqlvmError(f"{address} is a Jobs API address: run the command on that cluster with `seqlvm submit "
+                          "-- seqlvm ...`, or join it directly with --address HOST:GCS_PORT")
     if address:
         ray.init(address=address, log_to_driver=True)
     else:

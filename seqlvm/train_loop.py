@@ -4,6 +4,7 @@ checkpoints; every worker calls `ray.train.report`, as Train requires."""
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
 import tempfile
 import time
@@ -18,9 +19,9 @@ from seqlvm.config import TrainConfig
 from seqlvm.evaluation import TOTAL_KEYS, add_totals, summarize, sweep_objective
 from seqlvm.models import build_model
 from seqlvm.objectives import kl_weight
-from seqlvm.tracking import MetricLogger
+from seqlvm.tracking import WORKER_HTTP_SETTINGS, MetricOutbox
 
-MAX_CONSECUTIVE_NONFINITE = 20
+MAX_CONSECUTIVE_NONFINITE = 20  # skipped steps in a row that end a run
 
 
 def say(line: str) -> None:
@@ -62,20 +63,30 @@ def forward(model, batch: dict, weight: float, cfg: TrainConfig, device):
         return model({k: v.to(device) for k, v in batch.items()}, kl_weight=weight)
 
 
-def apply_gradients(model, optimizer, loss: torch.Tensor, cfg: TrainConfig, scaler=None) -> None:
-    """Backward pass, gradient clipping and the optimiser step (with loss scaling for fp16)."""
+def apply_gradients(model, optimizer, loss: torch.Tensor, cfg: TrainConfig, scaler=None) -> bool:
+    """Backward pass, gradient clipping and the optimiser step (with loss scaling for fp16). A finite loss can
+    still give an infinite gradient: then the step is not taken, so the weights never become NaN. Under DDP the
+    gradients are already averaged, so every worker decides alike. Returns whether the step was taken."""
     optimizer.zero_grad(set_to_none=True)
     if scaler:
         scaler.scale(loss).backward()
         scaler.unscale_(optimizer)
     else:
         loss.backward()
-    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-    if scaler:
+    norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+    if scaler:  # the scaler skips steps with non-finite gradients itself, and lowers its scale
         scaler.step(optimizer)
         scaler.update()
-    else:
-        optimizer.step()
+        return True
+    if not torch.isfinite(norm):
+        optimizer.zero_grad(set_to_none=True)
+        return False
+    optimizer.step()
+    return True
+
+
+def all_weights_finite(model: torch.nn.Module) -> bool:
+    return all(bool(torch.isfinite(p).all()) for p in model.parameters())
 
 
 @torch.no_grad()
@@ -108,15 +119,28 @@ class Trainer:
         self.layout = layout_of(config["data_info"])
         self.optimizer = make_optimizer(self.net, self.cfg)
         self.step, self.epoch, self.skipped, self.consecutive_nonfinite = 0, 0, 0, 0
-        self._restore(ray.train.get_checkpoint())
+        self.stop_reason: str | None = None
+        say(f"worker rank {self.rank} of {self.world}: pid {os.getpid()} on {ray.util.get_node_ip_address()}")
+        pending = self._restore(ray.train.get_checkpoint())
+        self.outbox = None
+        if self.rank == 0:
+            for key, value in WORKER_HTTP_SETTINGS.items():
+                os.environ.setdefault(key, value)
+            # Workers restarted after a failure run the steps after their checkpoint (or all steps) again.
+            self.outbox = MetricOutbox(config["tracking_uri"], config["mlflow_run_id"], pending,
+                                       replay_after=self.step)
+            if self.step:
+                self.outbox.add({"train/resumed_from_step": self.step}, self.step)
+                self._deliver()
         self.model = ray.train.torch.prepare_model(self.net)
         self.scaler = torch.amp.GradScaler("cuda") if (self.device.type == "cuda"
                                                        and self.cfg.mixed_precision == "fp16") else None
-        self.logger = MetricLogger(config["tracking_uri"], config["mlflow_run_id"]) if self.rank == 0 else None
 
-    def _restore(self, checkpoint) -> None:
+    def _restore(self, checkpoint) -> list:
+        """Continue from a checkpoint: after a user's resume, or after Ray Train restarted the workers because one
+        died. Returns the metrics the checkpoint holds undelivered, to send again (harmless if they had arrived)."""
         if checkpoint is None:
-            return
+            return []
         with checkpoint.as_directory() as folder:
             payload = read_checkpoint(Path(folder) / "model.pt")
         self.net.load_state_dict(payload["state_dict"])
@@ -124,33 +148,48 @@ class Trainer:
         self.step, self.epoch, self.skipped = payload["step"], payload["epoch"], payload.get("skipped_steps", 0)
         if self.rank == 0:
             say(f"resuming from step {self.step} (epoch {self.epoch})")
+        return payload.get("pending_metrics", [])
 
     def _max_steps(self) -> float:
         return self.cfg.max_steps if self.cfg.max_steps is not None else float("inf")
 
     def _finished(self) -> bool:
-        return self.step >= self._max_steps() or self.epoch >= self.cfg.epochs
+        return self.step >= self._max_steps() or self.epoch >= self.cfg.epochs or self.stop_reason is not None
 
-    def _all_finite(self, loss: torch.Tensor) -> bool:
-        """Whether every worker's loss is finite: all must skip a step together, or DDP would deadlock."""
-        ok = torch.tensor([float(torch.isfinite(loss).item())], device=self.device)
+    def _all_agree(self, ok: bool) -> bool:
+        """Whether every worker's check passed: all must skip a step together, or DDP would deadlock."""
+        flag = torch.tensor([float(ok)], device=self.device)
         if self.world > 1:
-            dist.all_reduce(ok, op=dist.ReduceOp.MIN)
-        return bool(ok.item())
+            dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+        return bool(flag.item())
 
     def train_step(self, batch: dict) -> dict[str, torch.Tensor] | None:
+        """One optimiser step; None when it was skipped because the loss or the gradient was NaN/inf."""
         out = forward(self.model, batch, schedule_weight(self.step + 1, self.cfg), self.cfg, self.device)
         self.step += 1
-        if not self._all_finite(out.loss):
-            self.skipped += 1
-            self.consecutive_nonfinite += 1
-            if self.consecutive_nonfinite >= MAX_CONSECUTIVE_NONFINITE:
-                raise FloatingPointError(f"loss was NaN/inf for {MAX_CONSECUTIVE_NONFINITE} consecutive steps "
-                                         f"(last at step {self.step}); lower train.lr or check the data")
-            return None
-        self.consecutive_nonfinite = 0
-        apply_gradients(self.model, self.optimizer, out.loss, self.cfg, self.scaler)
-        return out.totals
+        if self._all_agree(bool(torch.isfinite(out.loss).item())) and apply_gradients(
+                self.model, self.optimizer, out.loss, self.cfg, self.scaler):
+            self.consecutive_nonfinite = 0
+            return out.totals
+        self.skipped += 1
+        self.consecutive_nonfinite += 1
+        if self.consecutive_nonfinite >= MAX_CONSECUTIVE_NONFINITE:
+            self.stop_reason = (f"loss or gradient was NaN/inf for {MAX_CONSECUTIVE_NONFINITE} consecutive steps "
+                                f"(last at step {self.step}); lower train.lr or check the data")
+        return None
+
+    def _deliver(self, retry: bool = True) -> None:
+        """Send the metrics waiting in the outbox; while MLflow is down, say so once, train on, and try again only
+        at checkpoints (`retry`), so a server that hangs slows training once per checkpoint at most."""
+        was_failing = self.outbox.last_error is not None
+        if was_failing and not retry:
+            return
+        if self.outbox.flush():
+            if was_failing:
+                say(f"MLflow is reachable again: metrics delivered up to step {self.step}")
+        elif not was_failing:
+            say(f"MLflow unreachable ({self.outbox.last_error}): training goes on, {len(self.outbox.pending)} "
+                "metrics wait in the checkpoints and are sent when it is back")
 
     def _checkpoint_and_report(self, metrics: dict[str, float]) -> None:
         import ray.train
@@ -158,12 +197,16 @@ class Trainer:
         if self.rank != 0:
             ray.train.report(metrics, checkpoint=None)
             return
+        if not all_weights_finite(self.net):  # unreachable while steps with NaN/inf gradients are skipped
+            raise FloatingPointError(f"weights are not finite at step {self.step}; not checkpointing them")
         with tempfile.TemporaryDirectory() as folder:
             save_checkpoint(Path(folder), self.net, optimizer=self.optimizer.state_dict(), step=self.step,
                             epoch=self.epoch, skipped_steps=self.skipped, config=self.config["run_config"],
                             vocab=self.config["vocab"], data_info=self.config["data_info"],
-                            data_dir=self.config["data_dir"],
-                            mlflow_run_id=self.config["mlflow_run_id"])
+                            data_dir=self.config["data_dir"], mlflow_run_id=self.config["mlflow_run_id"],
+                            pending_metrics=self.outbox.pending)
+            # Before reporting: a sweep's scheduler may end this trial as soon as it sees the report.
+            self._deliver()
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder),
                              checkpoint_dir_name=f"checkpoint_{self.step:08d}")
 
@@ -188,6 +231,8 @@ class Trainer:
                 if self.step % cfg.log_every == 0:
                     self._log_train(window, window_seconds)
                     window, window_seconds = {k: 0.0 for k in TOTAL_KEYS}, 0.0
+                if self.stop_reason is not None:
+                    break
                 if self.step % cfg.eval_every == 0 or self.step >= self._max_steps():
                     self._evaluate_and_report(valid_shard)
                     last_reported = self.step
@@ -196,10 +241,22 @@ class Trainer:
                     break
             else:
                 self.epoch += 1
-        if last_reported != self.step:
+        if self.stop_reason is not None:
+            self._stop()
+        elif last_reported != self.step:
             self._evaluate_and_report(valid_shard)
-        if self.rank == 0 and cfg.max_steps is not None and self.step < cfg.max_steps:
+        if self.rank == 0 and cfg.max_steps is not None and self.step < cfg.max_steps and not self.stop_reason:
             say(f"stopped at step {self.step}: train.epochs={cfg.epochs} came before train.max_steps={cfg.max_steps}")
+
+    def _stop(self) -> None:
+        """End the run early. The last checkpoint (of weights no skipped step has touched) carries the reason to
+        the driver; raising instead would make Ray Train restart the workers from a checkpoint, only to fail
+        again."""
+        if self.rank == 0:
+            say(f"stopping: {self.stop_reason}")
+            self.outbox.add({"train/skipped_steps": self.skipped}, self.step)
+        self._checkpoint_and_report({"step": self.step, "skipped_steps": self.skipped,
+                                     "stop_reason": self.stop_reason})
 
     def _log_train(self, window: dict[str, float], seconds: float) -> None:
         totals = all_reduce_sum(window, self.device)
@@ -209,7 +266,8 @@ class Trainer:
         metrics.update({"train/kl_weight": schedule_weight(self.step, self.cfg),
                         "train/tokens_per_sec": totals["tokens"] / max(seconds, 1e-9),
                         "train/skipped_steps": self.skipped, "epoch": self.epoch})
-        self.logger.log(metrics, self.step)
+        self.outbox.add(metrics, self.step)
+        self._deliver(retry=False)
         bound = metrics.get("train/nll_bound", float("nan"))
         say(f"step {self.step:>6} | epoch {self.epoch} | nll bound {bound:8.2f} | "
             f"kl {metrics.get('train/kl', 0.0):6.2f} | kl weight {metrics['train/kl_weight']:.3f} | "
@@ -221,7 +279,7 @@ class Trainer:
                        objective=sweep_objective(metrics["valid/nll_bound"], metrics["valid/kl"],
                                                  self.config.get("min_kl", 0.0)))
         if self.rank == 0:
-            self.logger.log({k: v for k, v in metrics.items() if k.startswith("valid/")}, self.step)
+            self.outbox.add({k: v for k, v in metrics.items() if k.startswith("valid/")}, self.step)
             quality = (f"ppl {metrics['valid/ppl_bound']:8.1f}" if self.layout.frame_dim is None
                        else f"elbo/step {metrics['valid/elbo_per_step']:8.3f}")
             say(f"step {self.step:>6} | valid nll bound {metrics['valid/nll_bound']:8.2f} | "

@@ -4,14 +4,15 @@ checkpoint and figures to MLflow."""
 from __future__ import annotations
 
 import dataclasses
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pipelines.shards import read_manifest
+from pipelines.shards import absolute_location, read_manifest
 from pipelines.stream import local_batches, ray_dataset, read_split
 from seqlvm import tracking
-from seqlvm.checkpoint import load_model
+from seqlvm.checkpoint import CHECKPOINT_FILE, load_model, local_copy, read_checkpoint
 from seqlvm.config import RunConfig, build_run_config
 from seqlvm.errors import SeqlvmError
 from seqlvm.evaluation import evaluate
@@ -34,6 +35,7 @@ class TrainRequest:
     experiment: str = "seqlvm"
     name: str | None = None
     workdir: str = "runs"
+    storage: str | None = None
     address: str | None = None
     final_eval: bool = True
 
@@ -72,11 +74,11 @@ def build_payload(request: TrainRequest, run_config, vocab: Vocab | None, manife
                        "train": dataclasses.asdict(run_config.train)}
     return {**run_config_dict, "run_config": run_config_dict, "vocab": vocab.words if vocab else None,
             "input_size": len(vocab) if vocab else int(manifest["frame_dim"]), "data_info": data_info(manifest),
-            "data_dir": str(Path(request.data_dir).absolute()), "tracking_uri": tracking_uri,
+            "data_dir": absolute_location(request.data_dir), "tracking_uri": tracking_uri,
             "mlflow_run_id": run_id}
 
 
-def build_trainer(request: TrainRequest, payload: dict, run_name: str, storage: Path, callbacks=()):
+def build_trainer(request: TrainRequest, payload: dict, run_name: str, storage: str, callbacks=()):
     import ray.train
     from ray.train.torch import TorchTrainer
 
@@ -88,7 +90,7 @@ def build_trainer(request: TrainRequest, payload: dict, run_name: str, storage: 
         scaling_config=ray.train.ScalingConfig(num_workers=request.workers, use_gpu=train_cfg["use_gpu"],
                                                resources_per_worker={"CPU": request.cpus_per_worker}),
         run_config=ray.train.RunConfig(
-            name=run_name, storage_path=str(storage), callbacks=list(callbacks),
+            name=run_name, storage_path=storage, callbacks=list(callbacks),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=train_cfg["keep_checkpoints"]),
             failure_config=ray.train.FailureConfig(max_failures=2)),
         datasets={"train": training_dataset(request.data_dir),
@@ -103,16 +105,16 @@ def build_trainer(request: TrainRequest, payload: dict, run_name: str, storage: 
 MATERIALISE_BYTES = 64 * 2**20
 
 
-def training_dataset(data_dir: str):
-    """The training split streamed in a new random shard order each epoch (rows are shuffled further in the
-    workers' local buffers), from memory when it is small."""
+def training_dataset(data_dir: str, materialise_bytes: int = MATERIALISE_BYTES):
+    """The training split in a new random shard order each epoch (rows are shuffled further in the workers'
+    local buffers): from memory when it is small, otherwise streamed with the order of the shard files shuffled
+    at each read (`randomize_block_order` would hold every block of the epoch in the object store at once)."""
     manifest = read_manifest(data_dir)
     train = manifest["splits"]["train"]
     values = train["tokens"] if manifest["modality"] == "text" else train["steps"] * manifest["frame_dim"]
-    dataset = ray_dataset(data_dir, "train")
-    if values * 4 <= MATERIALISE_BYTES:
-        dataset = dataset.materialize()
-    return dataset.randomize_block_order()
+    if values * 4 <= materialise_bytes:
+        return ray_dataset(data_dir, "train").materialize().randomize_block_order()
+    return ray_dataset(data_dir, "train", shuffle_files=True)
 
 
 def load_inputs(request: TrainRequest) -> tuple[dict, Vocab | None, RunConfig]:
@@ -136,7 +138,7 @@ def load_inputs(request: TrainRequest) -> tuple[dict, Vocab | None, RunConfig]:
                               f"larger --{split}-fraction")
     if request.workers < 1 or request.cpus_per_worker <= 0:
         raise SeqlvmError("--workers must be at least 1 and --cpus-per-worker above 0")
-    vocab = Vocab.load(Path(request.data_dir) / "vocab.json") if is_text else None
+    vocab = Vocab.of_dataset(request.data_dir) if is_text else None
     return manifest, vocab, run_config
 
 
@@ -146,7 +148,7 @@ def open_run(request: TrainRequest, inputs: tuple[dict, Vocab | None, RunConfig]
     Returns (run id, resumed, payload)."""
     manifest, vocab, run_config = inputs
     run_id, resumed = tracking.start_or_resume_run(tracking_uri, experiment_id, run_name, {
-        "seqlvm.model": run_config.model_name, "seqlvm.data_dir": str(Path(request.data_dir).absolute()),
+        "seqlvm.model": run_config.model_name, "seqlvm.data_dir": absolute_location(request.data_dir),
         "seqlvm.data_source": manifest.get("source", ""), "seqlvm.data_fingerprint": manifest.get("fingerprint", ""),
         **(tags or {})})
     payload = build_payload(request, run_config, vocab, manifest, tracking_uri, run_id)
@@ -173,15 +175,16 @@ def run_training(request: TrainRequest, console=None) -> TrainResult:
 
     ensure_ray(request.workers * request.cpus_per_worker, request.address)
     try:
-        result = build_trainer(request, payload, run_name, workdir / "ray").fit()
+        result = build_trainer(request, payload, run_name, storage_root(request)).fit()
     except Exception as exc:
-        tracking.client(tracking_uri).set_terminated(run_id, status="FAILED")
-        raise SeqlvmError(f"training run {run_name} failed: {root_cause(exc)}") from exc
+        fail_run(tracking_uri, run_id, f"training run {run_name} failed: {root_cause(exc)}", exc)
+    if result.metrics.get("stop_reason"):
+        fail_run(tracking_uri, run_id, f"training run {run_name} stopped: {result.metrics['stop_reason']}")
     if result.checkpoint is None:
-        tracking.client(tracking_uri).set_terminated(run_id, status="FAILED")
-        raise SeqlvmError(f"training run {run_name} produced no checkpoint")
+        fail_run(tracking_uri, run_id, f"training run {run_name} produced no checkpoint")
 
-    checkpoint_dir = result.checkpoint.path
+    checkpoint_dir = local_copy(result.checkpoint.path, request.storage)
+    deliver_pending_metrics(checkpoint_dir, tracking_uri, run_id, run_name)
     mlflow_client = tracking.client(tracking_uri)
     mlflow_client.log_artifacts(run_id, checkpoint_dir, artifact_path="checkpoint")
     test_metrics = {}
@@ -195,6 +198,42 @@ def run_training(request: TrainRequest, console=None) -> TrainResult:
         log_frame_samples(checkpoint_dir, tracking_uri, run_id)
     mlflow_client.set_terminated(run_id, status="FINISHED")
     return TrainResult(run_name, run_id, tracking_uri, checkpoint_dir, dict(result.metrics), test_metrics)
+
+
+def storage_root(request: TrainRequest) -> str:
+    """Where Ray Train keeps checkpoints: `--storage` (a URI or a path every node sees, on a multi-node cluster),
+    else `<workdir>/ray`."""
+    return request.storage or str(Path(request.workdir).absolute() / "ray")
+
+
+def fail_run(tracking_uri: str, run_id: str, reason: str, cause: BaseException | None = None):
+    """Mark the MLflow run FAILED with its reason (if MLflow can be reached) and raise the one-line error."""
+    try:
+        mlflow_client = tracking.client(tracking_uri)
+        mlflow_client.set_tag(run_id, "seqlvm.failure", reason[:5000])
+        mlflow_client.set_terminated(run_id, status="FAILED")
+    except Exception:  # the reason still reaches the user below
+        pass
+    raise SeqlvmError(reason) from cause
+
+
+# How long the driver waits at the end of a run for a tracking server that is down before failing loudly.
+TRACKING_GRACE_SECONDS = float(os.environ.get("SEQLVM_TRACKING_GRACE_SECONDS", "600"))
+
+
+def deliver_pending_metrics(checkpoint_dir: str, tracking_uri: str, run_id: str, run_name: str) -> None:
+    """Send the metrics the final checkpoint holds undelivered (the workers' last delivery may have met a server
+    that was down), waiting up to TRACKING_GRACE_SECONDS for it; then fail loudly, never drop them silently."""
+    outbox = tracking.MetricOutbox(tracking_uri, run_id,
+                                   read_checkpoint(Path(checkpoint_dir) / CHECKPOINT_FILE).get("pending_metrics"))
+    deadline = time.time() + TRACKING_GRACE_SECONDS
+    while not outbox.flush():
+        if time.time() > deadline:
+            raise SeqlvmError(
+                f"MLflow tracking store {tracking.redact(tracking_uri)} unreachable for {TRACKING_GRACE_SECONDS:.0f} s "
+                f"at the end of run {run_name} ({outbox.last_error}); {len(outbox.pending)} metrics are kept in "
+                f"{checkpoint_dir}: run the same command again once it is back to deliver them")
+        time.sleep(5)
 
 
 FINAL_SAMPLES = 4
@@ -246,7 +285,7 @@ def check_same_kind_of_data(payload: dict, data_dir: str) -> None:
     """A model evaluates only data like its training data: the same vocabulary, or frames of the same kind."""
     manifest = read_manifest(data_dir)
     if payload.get("vocab") is not None:
-        if manifest.get("modality") != "text" or Vocab.load(Path(data_dir) / "vocab.json").words != payload["vocab"]:
+        if manifest.get("modality") != "text" or Vocab.of_dataset(data_dir).words != payload["vocab"]:
             raise SeqlvmError(f"{data_dir}: its vocabulary differs from the checkpoint's; "
                               "evaluate on data prepared with the same vocabulary")
         return

@@ -28,6 +28,24 @@ CASES = {
 }
 
 
+# One corpus gets a training sequence of NaNs (a corrupt recording, a broken sensor): its batch must be skipped.
+POISONED = "strokes"
+
+
+def poison_training_sequences(data: Path, first_only: bool = True) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    for shard in sorted((data / "train").glob("*.parquet"))[:1 if first_only else None]:
+        table = pq.read_table(shard)
+        frames = table.column("frames").to_pylist()
+        for row in range(1 if first_only else len(frames)):
+            frames[row] = [float("nan")] * len(frames[row])
+        column = table.schema.get_field_index("frames")
+        pq.write_table(table.set_column(column, table.schema.field(column),
+                                        pa.array(frames, pa.list_(pa.float32()))), shard)
+
+
 def needs_flite(modality: str) -> None:
     if modality == "audio" and shutil.which("flite") is None:
         pytest.skip("builtin:flite needs Debian's flite (apt-get install flite)")
@@ -55,6 +73,8 @@ def trained(request, ray_session, cache, tmp_path_factory):
     source, flags, model, _ = CASES[modality]
     assert cli.main(["prepare", modality, "--source", source, "--out", str(folder / "data"), *flags]) == 0
     manifest = json.loads((folder / "data" / "manifest.json").read_text())
+    if modality == POISONED:
+        poison_training_sequences(folder / "data")
     overrides = [o for o in TINY if model != "rnn" or "latent" not in o]
     assert cli.main(["train", "--data", str(folder / "data"), "--model", model, "--workers", "2",
                      "--max-steps", "4", "--workdir", str(folder / "runs"), "--name", modality, *overrides]) == 0
@@ -76,6 +96,44 @@ def test_training_logs_per_step_metrics_and_rendered_samples(trained):
     client = tracking.client(uri)
     logged = {Path(a.path).suffix for a in client.list_artifacts(run.info.run_id, "samples")}
     assert CASES[modality][3] <= logged, "training logs rendered prior samples"
+
+
+def test_a_nan_batch_is_skipped_counted_and_never_checkpointed(trained):
+    import torch
+
+    from seqlvm.checkpoint import read_checkpoint, resolve_checkpoint
+
+    modality, _, uri, run = trained
+    skipped = max(m.value for m in tracking.client(uri).get_metric_history(run.info.run_id, "train/skipped_steps"))
+    # 4 steps of batches of 4 on 2 workers read every training sequence of the small corpus once
+    assert skipped == (1 if modality == POISONED else 0)
+    weights = read_checkpoint(resolve_checkpoint(f"runs:/{run.info.run_id}/checkpoint", uri))["state_dict"]
+    assert all(torch.isfinite(w).all() for w in weights.values())
+
+
+def test_only_nan_batches_stop_the_run_with_its_reason(ray_session, cache, tmp_path, capsys):
+    import torch
+
+    from seqlvm.checkpoint import read_checkpoint, resolve_checkpoint
+
+    data = tmp_path / "data"
+    assert cli.main(["prepare", "strokes", "--source", "builtin:lasa", "--max-items", "20", *SPLITS,
+                     "--out", str(data)]) == 0
+    poison_training_sequences(data, first_only=False)
+    capsys.readouterr()
+    code = cli.main(["train", "--data", str(data), "--model", "rnn", "--workers", "1", "--max-steps", "60",
+                     "--workdir", str(tmp_path / "runs"), "--name", "nan", "train.batch_size=4",
+                     "train.log_every=5", "train.eval_every=100", "model.hidden_dim=16", "model.components=3"])
+    error = capsys.readouterr().err.strip().splitlines()[-1]  # after the progress Ray and MLflow printed
+    assert code == 2 and error.startswith("seqlvm: error: training run nan stopped: loss or gradient was NaN/inf "
+                                          "for 20 consecutive steps")
+    client = tracking.client(tracking.resolve_tracking_uri(None, tmp_path / "runs"))
+    run = client.search_runs([client.get_experiment_by_name("seqlvm").experiment_id])[0]
+    assert run.info.status == "FAILED" and "20 consecutive steps" in run.data.tags["seqlvm.failure"]
+    assert run.data.metrics["train/skipped_steps"] == 20
+    # The state at the stop is checkpointed (it carries the reason): weights no skipped step has touched.
+    weights = read_checkpoint(resolve_checkpoint(str(tmp_path / "runs" / "ray" / "nan")))["state_dict"]
+    assert all(torch.isfinite(w).all() for w in weights.values())
 
 
 def test_cli_evaluates_and_renders_samples_logged_to_mlflow(trained, tmp_path, capsys):

@@ -16,7 +16,9 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
+from pipelines.shards import absolute_location
 from seqlvm import registry, tracking
+from seqlvm.checkpoint import local_copy
 from seqlvm.config import build_run_config, load_config_file
 from seqlvm.errors import SeqlvmError
 from seqlvm.models import model_class
@@ -55,7 +57,7 @@ class SweepRequest(TrainRequest):
 
     def train_request(self) -> TrainRequest:
         shared = {f.name: getattr(self, f.name) for f in dataclasses.fields(TrainRequest)}
-        return TrainRequest(**{**shared, "data_dir": str(Path(self.data_dir).absolute()),
+        return TrainRequest(**{**shared, "data_dir": absolute_location(self.data_dir),
                                "overrides": list(self.overrides)})
 
 
@@ -88,11 +90,13 @@ def run_trial(params: dict, context: dict) -> None:
     _, _, payload = open_run(request, load_inputs(request), context["tracking_uri"], context["experiment_id"],
                              run_name, tags)
     payload["min_kl"] = context["min_kl"]
-    trainer = build_trainer(request, payload, trial_id, Path(context["train_storage"]),
+    trainer = build_trainer(request, payload, trial_id, context["train_storage"],
                             callbacks=[TuneReportCallback()])
     # The driver closes the MLflow run from Tune's verdict: a trial stopped by the scheduler ends inside fit()
     # with an exception that is not a failure.
-    trainer.fit()
+    result = trainer.fit()
+    if result.metrics.get("stop_reason"):  # repeated NaN/inf losses: the trial is an error, with its reason
+        raise FloatingPointError(result.metrics["stop_reason"])
 
 
 # ------------------------------------------------------------------------------------------ configuration
@@ -210,7 +214,7 @@ def run_sweep(request: SweepRequest, resume: bool = False, console=None) -> Swee
     if resume:
         request = load_resumed_request(request)
     else:  # saved for --resume, which may run from another directory
-        request = dataclasses.replace(request, data_dir=str(Path(request.data_dir).absolute()),
+        request = dataclasses.replace(request, data_dir=absolute_location(request.data_dir),
                                       config_file=request.config_file and str(Path(request.config_file).absolute()))
     check_request(request)
     manifest, _, run_config = load_inputs(request.train_request())
@@ -249,7 +253,7 @@ def run_sweep(request: SweepRequest, resume: bool = False, console=None) -> Swee
                                         model_name=run_config.model_name, max_steps=None)
     context = {"train_request": dataclasses.asdict(trial_request), "tracking_uri": tracking_uri,
                "experiment_id": experiment_id, "parent_run_id": parent_run_id, "sweep": name, "min_kl": min_kl,
-               "train_storage": str(folder / "train")}
+               "train_storage": f"{tune_storage(request)}/{name}/train"}
     try:
         results = build_tuner(request, dims, context, max_steps, run_config.train.eval_every, resume).fit()
     except Exception as exc:
@@ -280,17 +284,24 @@ def build_tuner(request: SweepRequest, dims: list[Dimension], context: dict, max
 
     # The trial's driver needs almost nothing; its TorchTrainer reserves the workers' CPUs itself.
     trainable = ray_tune.with_resources(ray_tune.with_parameters(run_trial, context=context), {"CPU": 0.01})
-    folder = sweep_folder(request.workdir, request.name)
-    if resume and ray_tune.Tuner.can_restore(str(folder)):
-        return ray_tune.Tuner.restore(str(folder), trainable, resume_unfinished=True, resume_errored=True)
+    storage = tune_storage(request)
+    if resume and ray_tune.Tuner.can_restore(f"{storage}/{request.name}"):
+        return ray_tune.Tuner.restore(f"{storage}/{request.name}", trainable, resume_unfinished=True,
+                                      resume_errored=True)
     return ray_tune.Tuner(
         trainable,
         tune_config=ray_tune.TuneConfig(
             search_alg=build_search(request, dims), scheduler=build_scheduler(request, max_steps, eval_every),
             metric="objective", mode="min", num_samples=request.num_samples,
             max_concurrent_trials=concurrency(request)),
-        run_config=ray_tune.RunConfig(name=request.name, storage_path=str(folder.parent), verbose=1),
+        run_config=ray_tune.RunConfig(name=request.name, storage_path=storage, verbose=1),
     )
+
+
+def tune_storage(request: SweepRequest) -> str:
+    """Tune's state and the trials' checkpoints: under `--storage` (shared by every node of a multi-node cluster)
+    or `<workdir>/tune`, beside the request file that --resume reads."""
+    return f"{request.storage.rstrip('/')}/tune" if request.storage else str(Path(request.workdir).absolute() / "tune")
 
 
 def register_best(request: SweepRequest, result: SweepResult, manifest: dict, model_name: str, min_kl: float,
@@ -305,7 +316,7 @@ def register_best(request: SweepRequest, result: SweepResult, manifest: dict, mo
         result.version = parent.data.tags["seqlvm.registered_version"]
         return
     best = result.best
-    checkpoint = Path(best["checkpoint_path"]) / "model.pt"
+    checkpoint = Path(local_copy(best["checkpoint_path"], request.storage)) / "model.pt"
     if console:
         console.print(f"evaluating the best trial {best['trial']} on the validation and test splits "
                       f"({request.iw_samples} importance samples)")

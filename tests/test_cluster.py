@@ -1,0 +1,150 @@
+"""The cluster path on a real multi-process cluster: `seqlvm cluster up` starts a head (`ray start --head` on
+127.0.0.1, free ports, token authentication), a worker node and an `mlflow server`; jobs go in through
+`seqlvm submit` and through `ray job submit` by hand; a Ray Train worker is killed by its PID mid-run and the run
+must finish from its last checkpoint, in the same MLflow run, with every step's metrics exactly once."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from seqlvm import local_cluster, tracking
+
+pytestmark = [pytest.mark.ray, pytest.mark.timeout(900)]
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = ["--model", "rnnlm", "--no-final-eval", "model.embedding_dim=32", "model.hidden_dim=32",
+        "train.batch_size=16", "train.log_every=10", "train.eval_every=40", "train.eval_batches=2"]
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cluster")
+    state = local_cluster.up(root, head_cpus=4, worker_cpus=2)
+    yield state
+    local_cluster.down(root)
+    assert not any(local_cluster.running(pid) for pid in state.pids.values())
+
+
+def client_env(state) -> dict[str, str]:
+    # The conftest turns token authentication off for the in-process Ray; this cluster has it on.
+    return {**os.environ, **state.client_env()}
+
+
+def seqlvm(state, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "seqlvm.cli", *args], env=client_env(state), cwd=REPO,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def dashboard_get(state, path: str, token: bool = True):
+    headers = {"Authorization": f"Bearer {Path(state.token_path).read_text()}"} if token else {}
+    with urllib.request.urlopen(urllib.request.Request(state.dashboard_url + path, headers=headers),
+                                timeout=10) as response:
+        return json.load(response)
+
+
+def train_worker_pids(state, submission_id: str) -> list[int]:
+    """PIDs of a job's live Ray Train workers, from the State API."""
+    job_id = dashboard_get(state, f"/api/jobs/{submission_id}")["job_id"]
+    query = ("/api/v0/actors?filter_keys=class_name&filter_predicates=%3D&filter_values=RayTrainWorker"
+             f"&filter_keys=state&filter_predicates=%3D&filter_values=ALIVE"
+             f"&filter_keys=job_id&filter_predicates=%3D&filter_values={job_id}")
+    return [actor["pid"] for actor in dashboard_get(state, query)["data"]["result"]["result"]]
+
+
+def wait_for(check, timeout: float, what: str):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(0.5)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def mlflow_run(state, run_name: str):
+    client = tracking.client(state.tracking_uri)
+    experiment = client.get_experiment_by_name("seqlvm")
+    runs = client.search_runs([experiment.experiment_id], f"tags.`seqlvm.run_name` = '{run_name}'")
+    assert len(runs) == 1, "one MLflow run per training run, restarts included"
+    return client, runs[0]
+
+
+def test_servers_bind_loopback_and_the_jobs_api_needs_the_token(cluster):
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        dashboard_get(cluster, "/api/jobs/", token=False)
+    assert refused.value.code in (401, 403)
+    assert isinstance(dashboard_get(cluster, "/api/jobs/"), list)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:  # the address of the default route
+        probe.connect(("192.0.2.1", 9))  # UDP: nothing is sent
+        outside = probe.getsockname()[0]
+    if outside.startswith("127."):
+        pytest.skip("this machine has no address other than loopback to probe")
+    for url in (cluster.dashboard_url, cluster.tracking_uri):
+        with pytest.raises(OSError):
+            socket.create_connection((outside, int(url.rsplit(":", 1)[1])), timeout=2).close()
+
+
+def test_jobs_by_cli_and_by_hand_and_a_killed_train_worker(cluster, shakespeare, tmp_path):
+    """Two jobs at once: a short run sent with `ray job submit` by hand, and a 2-worker run sent with `seqlvm
+    submit` whose worker is killed by PID after its first committed checkpoint."""
+    by_hand = subprocess.Popen(
+        [local_cluster.executable("ray"), "job", "submit", "--address", cluster.dashboard_url, "--working-dir",
+         str(REPO), "--submission-id", "by-hand", "--", sys.executable, "-m", "seqlvm.cli", "train", "--data",
+         str(shakespeare), "--workers", "1", "--max-steps", "20", "--workdir", str(tmp_path / "by-hand"),
+         "--name", "by-hand", *TINY], env=client_env(cluster), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        text=True)
+    max_steps = 240
+    submitted = seqlvm(cluster, "submit", "--submission-id", "fault", "--", "seqlvm", "train", "--data",
+                       str(shakespeare), "--workers", "2", "--max-steps", str(max_steps), "--workdir",
+                       str(tmp_path / "fault"), "--name", "fault", *TINY)
+    assert submitted.returncode == 0, submitted.stderr
+    assert "submitted job fault" in submitted.stdout
+
+    # Two checkpoint folders: the first is committed (Ray Train commits when every worker has reported it).
+    storage = tmp_path / "fault" / "ray" / "fault"
+
+    def two_checkpoints() -> bool:
+        status = dashboard_get(cluster, "/api/jobs/fault")["status"]
+        assert status == "RUNNING" or status == "PENDING", seqlvm(cluster, "jobs", "logs", "fault").stdout[-3000:]
+        return len(list(storage.glob("checkpoint_*"))) >= 2
+
+    wait_for(two_checkpoints, 400, "two checkpoints")
+    pids = wait_for(lambda: train_worker_pids(cluster, "fault"), 30, "the train workers")
+    assert len(pids) == 2
+    os.kill(pids[-1], signal.SIGKILL)
+
+    waited = seqlvm(cluster, "jobs", "status", "fault", "--wait")
+    logs = seqlvm(cluster, "jobs", "logs", "fault").stdout
+    assert waited.returncode == 0, logs[-3000:]
+    assert "fault: SUCCEEDED" in waited.stdout
+    client, run = mlflow_run(cluster, "fault")
+    assert run.info.status == "FINISHED"
+    resumed_from = run.data.metrics["train/resumed_from_step"]
+    assert f"resuming from step {resumed_from:.0f}" in logs
+    assert 40 <= resumed_from < max_steps and resumed_from % 40 == 0
+    for key, every in (("train/nll_bound", 10), ("valid/nll_bound", 40)):
+        steps = [m.step for m in client.get_metric_history(run.info.run_id, key)]
+        assert max(Counter(steps).values()) == 1, f"{key}: a step logged twice"
+        assert sorted(steps) == list(range(every, max_steps + 1, every)), f"{key}: a step lost"
+    assert {a.path for a in client.list_artifacts(run.info.run_id)} >= {"checkpoint", "figures"}
+
+    output, _ = by_hand.communicate(timeout=600)
+    assert by_hand.returncode == 0, output[-3000:]
+    client, run = mlflow_run(cluster, "by-hand")  # logged to the cluster's MLflow server, from the nodes' env
+    assert run.info.status == "FINISHED" and run.data.params["workers"] == "1"
+    assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "train/nll_bound")) == [10, 20]
+    listed = seqlvm(cluster, "jobs", "list")
+    assert listed.returncode == 0 and "by-hand" in listed.stdout and "SUCCEEDED" in listed.stdout
+    missing = seqlvm(cluster, "jobs", "status", "no-such-job")
+    assert missing.returncode == 2 and missing.stderr.count("\n") == 1 and "no-such-job" in missing.stderr
