@@ -175,9 +175,10 @@ def _add_cluster_commands(sub) -> None:
     submit = sub.add_parser("submit", help="run a seqlvm command on a Ray cluster as a Ray job",
                             usage="seqlvm submit [options] -- seqlvm COMMAND ...")
     submit.add_argument("--address", help=address_help)
-    submit.add_argument("--working-dir", help="folder shipped with the job (default: this checkout)")
-    submit.add_argument("--no-working-dir", action="store_true",
-                        help="ship nothing: run the seqlvm installed in the cluster's image")
+    submit.add_argument("--installed", action="store_true",
+                        help="ship no code: run the seqlvm installed in the cluster's image (default: ship this one)")
+    submit.add_argument("--working-dir", help="a folder to ship as the job's working dir (relative paths in the "
+                                              "command then refer to it)")
     submit.add_argument("--tracking-uri", help="MLflow tracking URI as the cluster reaches it (default: the "
                                                 "MLFLOW_TRACKING_URI of the cluster's nodes)")
     submit.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
@@ -473,8 +474,8 @@ def cmd_submit(args) -> None:
     from seqlvm import jobs
 
     command = args.job_command[1:] if args.job_command[:1] == ["--"] else args.job_command
-    job_id = jobs.submit(command, args.address, args.working_dir, not args.no_working_dir, args.tracking_uri,
-                         args.env, args.submission_id)
+    job_id = jobs.submit(command, args.address, not args.installed, args.working_dir, args.tracking_uri, args.env,
+                         args.submission_id)
     out.print(f"submitted job {job_id} to {jobs.jobs_address(args.address)}")
     if args.follow or args.wait:
         status = jobs.follow(job_id, args.address) if args.follow else jobs.wait(job_id, args.address)
@@ -554,6 +555,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         COMMANDS[args.command](args)
     except SeqlvmError as exc:
+        if os.environ.get("SEQLVM_TRACEBACK"):  # for bug reports: the whole chain behind the one line
+            import traceback
+            traceback.print_exception(exc)
         console.print(f"seqlvm: error: {exc}", markup=False, highlight=False, soft_wrap=True)
         return exc.exit_code
     except KeyboardInterrupt:

@@ -1,7 +1,7 @@
 """`seqlvm submit` and `seqlvm jobs`: any seqlvm command run on a Ray cluster as a Ray job, through the Jobs API
-of the head's dashboard. The job carries the project (this checkout as its working dir, or the package already
-installed in the cluster's image) and the settings it needs (the MLflow tracking URI); secrets stay out of it,
-because a job's runtime environment is shown to anyone who can list jobs."""
+of the head's dashboard. The job carries the project's code (the packages this seqlvm runs from, or none: the
+version installed in the cluster's image) and the settings it needs (the MLflow tracking URI); secrets stay out
+of it, because a job's runtime environment is shown to anyone who can list jobs."""
 from __future__ import annotations
 
 import os
@@ -17,9 +17,9 @@ from seqlvm.ray_runtime import QUIET_ENV
 
 DEFAULT_ADDRESS = "http://127.0.0.1:8265"
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
-# Left out of an uploaded working dir: environments, outputs, data, caches (Ray caps a working dir at 100 MiB).
-WORKING_DIR_EXCLUDES = ["runs", "data", "benchmarks/out", "**/__pycache__", "*.egg-info",
-                        ".pytest_cache", "mlruns", "mlartifacts", "*.db"]
+# Left out of what is uploaded: outputs, data, caches (Ray caps a package at 100 MiB).
+EXCLUDES = ["runs", "data", "benchmarks/out", "**/__pycache__", "*.egg-info", ".pytest_cache", "mlruns",
+            "mlartifacts", "*.db"]
 SECRET_NAME = re.compile(r"PASSWORD|SECRET|TOKEN|ACCESS_KEY|PRIVATE|CREDENTIAL", re.IGNORECASE)
 
 
@@ -60,8 +60,8 @@ def auth_hint(exc: BaseException) -> str:
 
 
 def entrypoint_of(command: list[str]) -> str:
-    """The job's shell command. `seqlvm ...` runs as `python -m seqlvm.cli ...`, so the code that runs is the
-    uploaded working dir's (first on sys.path), not an older copy installed on the nodes."""
+    """The job's shell command: `seqlvm ...` runs as `python -m seqlvm.cli ...` with the cluster's python, which
+    finds the shipped packages first on its path."""
     if not command:
         raise SeqlvmError("nothing to submit: put the command after --, e.g. seqlvm submit -- seqlvm tune --data D")
     if command[0] == "seqlvm":
@@ -69,10 +69,13 @@ def entrypoint_of(command: list[str]) -> str:
     return shlex.join(command)
 
 
-def project_root() -> Path | None:
-    """This checkout's root when seqlvm runs from a source tree (None when it is an installed package)."""
-    root = Path(__file__).resolve().parents[1]
-    return root if (root / "pyproject.toml").exists() and (root / "pipelines").is_dir() else None
+def code_packages() -> list[str]:
+    """The folders of the packages this seqlvm runs from: shipped with a job as Ray `py_modules`, so the code that
+    runs on the cluster is this code."""
+    import pipelines
+    import seqlvm
+    import tune
+    return [str(Path(package.__file__).parent) for package in (seqlvm, pipelines, tune)]
 
 
 def job_env(tracking_uri: str | None, extra: list[str]) -> dict[str, str]:
@@ -97,25 +100,23 @@ def job_env(tracking_uri: str | None, extra: list[str]) -> dict[str, str]:
     return env
 
 
-def runtime_env(working_dir: str | None, use_working_dir: bool, env: dict[str, str]) -> dict:
-    result: dict = {"env_vars": env}
-    if not use_working_dir:
-        return result
-    folder = Path(working_dir) if working_dir else project_root()
-    if folder is None:
-        raise SeqlvmError("seqlvm is installed, not run from a checkout: pass --working-dir DIR, or "
-                          "--no-working-dir to run the version installed on the cluster")
-    if not folder.is_dir():
-        raise SeqlvmError(f"{folder}: --working-dir is not a folder")
-    result.update(working_dir=str(folder.resolve()), excludes=WORKING_DIR_EXCLUDES)
+def runtime_env(ship_code: bool, working_dir: str | None, env: dict[str, str]) -> dict:
+    """The code goes as `py_modules`, not as the job's working dir: Ray (2.60) can delete a job's working dir while
+    the job runs (at the end of a Tune sweep the driver's cwd vanished; ray-project/ray#52343)."""
+    result: dict = {"env_vars": env, "excludes": EXCLUDES}
+    if ship_code:
+        result["py_modules"] = code_packages()
+    if working_dir:
+        if not Path(working_dir).is_dir():
+            raise SeqlvmError(f"{working_dir}: --working-dir is not a folder")
+        result["working_dir"] = str(Path(working_dir).resolve())
     return result
 
 
-def submit(command: list[str], address: str | None = None, working_dir: str | None = None,
-           use_working_dir: bool = True, tracking_uri: str | None = None, env: list[str] = (),
-           submission_id: str | None = None) -> str:
+def submit(command: list[str], address: str | None = None, ship_code: bool = True, working_dir: str | None = None,
+           tracking_uri: str | None = None, env: list[str] = (), submission_id: str | None = None) -> str:
     entrypoint = entrypoint_of(command)
-    runtime = runtime_env(working_dir, use_working_dir, job_env(tracking_uri, list(env)))
+    runtime = runtime_env(ship_code, working_dir, job_env(tracking_uri, list(env)))
     name = command[1] if command[0] == "seqlvm" and len(command) > 1 else Path(command[0]).name
     submission_id = submission_id or f"seqlvm-{name}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
     client = connect(address)

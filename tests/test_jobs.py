@@ -32,13 +32,16 @@ def test_the_job_environment_takes_a_tracking_uri_and_plain_variables_but_no_sec
     assert "hunter2" not in str(refused.value)
 
 
-def test_the_working_dir_is_this_checkout_without_outputs_and_data():
-    runtime = jobs.runtime_env(None, True, {})
-    assert Path(runtime["working_dir"]) == Path(__file__).resolve().parents[1]
-    assert {"runs", "data", "*.db"} <= set(runtime["excludes"])
-    assert "working_dir" not in jobs.runtime_env(None, False, {})
+def test_the_job_ships_the_packages_this_seqlvm_runs_from_unless_told_not_to(tmp_path):
+    import seqlvm
+    runtime = jobs.runtime_env(True, None, {})
+    assert [Path(p).name for p in runtime["py_modules"]] == ["seqlvm", "pipelines", "tune"]
+    assert Path(runtime["py_modules"][0]) == Path(seqlvm.__file__).parent and "working_dir" not in runtime
+    assert {"runs", "data", "**/__pycache__"} <= set(runtime["excludes"])
+    installed = jobs.runtime_env(False, str(tmp_path), {})
+    assert "py_modules" not in installed and installed["working_dir"] == str(tmp_path.resolve())
     with pytest.raises(SeqlvmError, match="not a folder"):
-        jobs.runtime_env("/no/such/folder", True, {})
+        jobs.runtime_env(True, "/no/such/folder", {})
 
 
 def test_jobs_api_addresses(monkeypatch):
