@@ -191,15 +191,15 @@ def load(root: Path) -> ClusterState:
 
 def stop_processes(state: ClusterState, grace: float = 20) -> None:
     """SIGTERM each started process's session (`ray start --block` then stops its node), SIGKILL what remains."""
-    for sig in (signal.SIGTERM, signal.SIGKILL):
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5)):
         for pid in state.pids.values():
             try:
                 os.killpg(pid, sig)  # each was started as the leader of its own session
             except ProcessLookupError:
                 pass
-        deadline = time.time() + grace
-        while sig == signal.SIGTERM and time.time() < deadline and any(running(p) for p in state.pids.values()):
-            time.sleep(0.5)
+        deadline = time.time() + wait
+        while time.time() < deadline and any(running(p) for p in state.pids.values()):
+            time.sleep(0.2)
     for pid in state.pids.values():
         reap(pid)
     shutil.rmtree(state.ray_temp_dir, ignore_errors=True)

@@ -56,6 +56,8 @@ def dashboard_get(state, path: str, token: bool = True):
 def train_worker_pids(state, submission_id: str) -> list[int]:
     """PIDs of a job's live Ray Train workers, from the State API."""
     job_id = dashboard_get(state, f"/api/jobs/{submission_id}")["job_id"]
+    if job_id is None:  # the job's driver has not started yet
+        return []
     query = ("/api/v0/actors?filter_keys=class_name&filter_predicates=%3D&filter_values=RayTrainWorker"
              f"&filter_keys=state&filter_predicates=%3D&filter_values=ALIVE"
              f"&filter_keys=job_id&filter_predicates=%3D&filter_values={job_id}")
@@ -104,7 +106,7 @@ def test_jobs_by_cli_and_by_hand_and_a_killed_train_worker(cluster, shakespeare,
          str(shakespeare), "--workers", "1", "--max-steps", "20", "--workdir", str(tmp_path / "by-hand"),
          "--name", "by-hand", *TINY], env=client_env(cluster), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
         text=True)
-    max_steps = 240
+    max_steps = 320
     submitted = seqlvm(cluster, "submit", "--submission-id", "fault", "--", "seqlvm", "train", "--data",
                        str(shakespeare), "--workers", "2", "--max-steps", str(max_steps), "--workdir",
                        str(tmp_path / "fault"), "--name", "fault", *TINY)
@@ -119,9 +121,10 @@ def test_jobs_by_cli_and_by_hand_and_a_killed_train_worker(cluster, shakespeare,
         assert status == "RUNNING" or status == "PENDING", seqlvm(cluster, "jobs", "logs", "fault").stdout[-3000:]
         return len(list(storage.glob("checkpoint_*"))) >= 2
 
+    # The State API is slow on a loaded machine: find the workers first, then kill the moment a checkpoint is in.
+    pids = wait_for(lambda: len(train_worker_pids(cluster, "fault")) == 2 and train_worker_pids(cluster, "fault"),
+                    400, "the train workers")
     wait_for(two_checkpoints, 400, "two checkpoints")
-    pids = wait_for(lambda: train_worker_pids(cluster, "fault"), 30, "the train workers")
-    assert len(pids) == 2
     os.kill(pids[-1], signal.SIGKILL)
 
     waited = seqlvm(cluster, "jobs", "status", "fault", "--wait")
