@@ -71,12 +71,24 @@ def wait_until(check, timeout: float, what: str, log: Path) -> None:
 
 
 def http_ok(url: str, token_path: str | None = None) -> bool:
-    headers = {"Authorization": f"Bearer {Path(token_path).read_text()}"} if token_path else {}
     try:
-        with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=2) as response:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=auth_headers(token_path)),
+                                    timeout=2) as response:
             return response.status == 200
     except OSError:
         return False
+
+
+def auth_headers(token_path: str | None) -> dict[str, str]:
+    return {"Authorization": f"Bearer {Path(token_path).read_text()}"} if token_path else {}
+
+
+def dashboard_json(state: ClusterState, path: str, token: bool = True):
+    """A GET on the head's dashboard API (Jobs, State), with the cluster's token unless told otherwise."""
+    request = urllib.request.Request(state.dashboard_url + path,
+                                     headers=auth_headers(state.token_path if token else None))
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return json.load(response)
 
 
 def start(cmd: list[str], log: Path, env: dict[str, str]) -> subprocess.Popen:
@@ -172,11 +184,8 @@ def read_tail(log: Path) -> str:
 
 def alive_nodes(state: ClusterState) -> int:
     """Nodes the head reports alive, through the dashboard's HTTP API (with the token)."""
-    request = urllib.request.Request(f"{state.dashboard_url}/nodes?view=summary",
-                                     headers={"Authorization": f"Bearer {Path(state.token_path).read_text()}"})
     try:
-        with urllib.request.urlopen(request, timeout=5) as response:
-            summary = json.load(response)["data"]["summary"]
+        summary = dashboard_json(state, "/nodes?view=summary")["data"]["summary"]
     except (OSError, KeyError, ValueError):
         return 0
     return sum(1 for node in summary if node.get("raylet", {}).get("state") == "ALIVE")

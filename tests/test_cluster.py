@@ -4,7 +4,6 @@
 must finish from its last checkpoint, in the same MLflow run, with every step's metrics exactly once."""
 from __future__ import annotations
 
-import json
 import os
 import signal
 import socket
@@ -12,13 +11,13 @@ import subprocess
 import sys
 import time
 import urllib.error
-import urllib.request
 from collections import Counter
 from pathlib import Path
 
 import pytest
 
 from seqlvm import local_cluster, tracking
+from seqlvm.local_cluster import dashboard_json
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(900)]
 
@@ -46,22 +45,15 @@ def seqlvm(state, *args: str, timeout: float = 600) -> subprocess.CompletedProce
                           capture_output=True, text=True, timeout=timeout)
 
 
-def dashboard_get(state, path: str, token: bool = True):
-    headers = {"Authorization": f"Bearer {Path(state.token_path).read_text()}"} if token else {}
-    with urllib.request.urlopen(urllib.request.Request(state.dashboard_url + path, headers=headers),
-                                timeout=10) as response:
-        return json.load(response)
-
-
 def train_worker_pids(state, submission_id: str) -> list[int]:
     """PIDs of a job's live Ray Train workers, from the State API."""
-    job_id = dashboard_get(state, f"/api/jobs/{submission_id}")["job_id"]
+    job_id = dashboard_json(state, f"/api/jobs/{submission_id}")["job_id"]
     if job_id is None:  # the job's driver has not started yet
         return []
     query = ("/api/v0/actors?filter_keys=class_name&filter_predicates=%3D&filter_values=RayTrainWorker"
              f"&filter_keys=state&filter_predicates=%3D&filter_values=ALIVE"
              f"&filter_keys=job_id&filter_predicates=%3D&filter_values={job_id}")
-    return [actor["pid"] for actor in dashboard_get(state, query)["data"]["result"]["result"]]
+    return [actor["pid"] for actor in dashboard_json(state, query)["data"]["result"]["result"]]
 
 
 def wait_for(check, timeout: float, what: str):
@@ -84,9 +76,9 @@ def mlflow_run(state, run_name: str):
 
 def test_servers_bind_loopback_and_the_jobs_api_needs_the_token(cluster):
     with pytest.raises(urllib.error.HTTPError) as refused:
-        dashboard_get(cluster, "/api/jobs/", token=False)
+        dashboard_json(cluster, "/api/jobs/", token=False)
     assert refused.value.code in (401, 403)
-    assert isinstance(dashboard_get(cluster, "/api/jobs/"), list)
+    assert isinstance(dashboard_json(cluster, "/api/jobs/"), list)
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:  # the address of the default route
         probe.connect(("192.0.2.1", 9))  # UDP: nothing is sent
         outside = probe.getsockname()[0]
@@ -117,13 +109,16 @@ def test_jobs_by_cli_and_by_hand_and_a_killed_train_worker(cluster, shakespeare,
     storage = tmp_path / "fault" / "ray" / "fault"
 
     def two_checkpoints() -> bool:
-        status = dashboard_get(cluster, "/api/jobs/fault")["status"]
+        status = dashboard_json(cluster, "/api/jobs/fault")["status"]
         assert status == "RUNNING" or status == "PENDING", seqlvm(cluster, "jobs", "logs", "fault").stdout[-3000:]
         return len(list(storage.glob("checkpoint_*"))) >= 2
 
     # The State API is slow on a loaded machine: find the workers first, then kill the moment a checkpoint is in.
-    pids = wait_for(lambda: len(train_worker_pids(cluster, "fault")) == 2 and train_worker_pids(cluster, "fault"),
-                    400, "the train workers")
+    def both_workers() -> list[int]:
+        found = train_worker_pids(cluster, "fault")
+        return found if len(found) == 2 else []
+
+    pids = wait_for(both_workers, 400, "the train workers")
     wait_for(two_checkpoints, 400, "two checkpoints")
     os.kill(pids[-1], signal.SIGKILL)
 
