@@ -35,7 +35,11 @@ _SENTENCE_END = re.compile(r"(?<=[.!?])[\"'’”)\]]*\s+")
 class TextOptions:
     lowercase: bool = True
     tokenizer: str = "regex"  # regex | whitespace
-    layout: str = "auto"  # lines (one sentence a line) | prose (split running text) | auto
+    # lines: one sentence a line; prose: running text split into sentences; paragraphs: one sequence a
+    # paragraph (a document; a speech of the built-in plays); auto: prose for the built-in corpus, else lines
+    layout: str = "auto"
+    unit: str = "word"  # word | char (characters, spaces included: the char-level models)
+    fragment_length: int = 0  # > 0: cut the running text into sequences of exactly this many units
     min_length: int = 1
     max_length: int = 50
     vocab_size: int = 10000
@@ -55,8 +59,12 @@ class TextOptions:
         if not 0 <= self.valid_fraction < 1 or not 0 <= self.test_fraction < 1 \
                 or self.valid_fraction + self.test_fraction >= 1:
             raise SeqlvmError("--valid-fraction and --test-fraction must be in [0, 1) and sum to less than 1")
-        if self.tokenizer not in ("regex", "whitespace") or self.layout not in ("lines", "prose", "auto"):
-            raise SeqlvmError("--tokenizer must be regex|whitespace and --layout lines|prose|auto")
+        if self.tokenizer not in ("regex", "whitespace") or self.layout not in ("lines", "prose", "paragraphs", "auto"):
+            raise SeqlvmError("--tokenizer must be regex|whitespace and --layout lines|prose|paragraphs|auto")
+        if self.unit not in ("word", "char"):
+            raise SeqlvmError(f"--unit must be word or char, not {self.unit!r}")
+        if self.fragment_length < 0:
+            raise SeqlvmError("--fragment-length must be 0 (whole sentences) or a positive number of units")
         if not 1 <= self.min_length <= self.max_length:
             raise SeqlvmError("--min-length must be at least 1 and at most --max-length")
         if self.shard_size < 1:
@@ -66,6 +74,8 @@ class TextOptions:
 def tokenize(sentence: str, options: TextOptions) -> list[str]:
     if options.lowercase:
         sentence = sentence.lower()
+    if options.unit == "char":
+        return list(" ".join(sentence.split()))
     return sentence.split() if options.tokenizer == "whitespace" else _WORD.findall(sentence)
 
 
@@ -170,7 +180,7 @@ class Source:
             if self.kind == "builtin":
                 for speech in _play_speeches(text):
                     yield path.stem, speech
-            elif self.layout() == "prose":
+            elif self.layout() in ("prose", "paragraphs"):
                 for paragraph in re.split(r"\n\s*\n", text):
                     yield str(path), paragraph
             else:
@@ -198,13 +208,28 @@ class Source:
                               f"{str(exc).splitlines()[0] if str(exc) else ''})") from None
 
     def sentences(self) -> Iterator[list[str]]:
-        """Token lists within the length limits."""
+        """Token lists within the length limits, or fixed-length fragments of the running text."""
+        if self.options.fragment_length:
+            yield from self._fragments()
+            return
         prose = self.layout() == "prose"
         for _, block in self.blocks():
             for sentence in (split_sentences(block) if prose else [block]):
                 tokens = tokenize(sentence, self.options)
                 if self.options.min_length <= len(tokens) <= self.options.max_length:
                     yield tokens
+
+    def _fragments(self) -> Iterator[list[str]]:
+        """The blocks' tokens as one stream (a space between blocks at character level), cut into pieces of
+        exactly `fragment_length` units; the remainder at the end is dropped."""
+        size, pending = self.options.fragment_length, []
+        for _, block in self.blocks():
+            if pending and self.options.unit == "char":
+                pending.append(" ")
+            pending.extend(tokenize(block, self.options))
+            while len(pending) >= size:
+                yield pending[:size]
+                del pending[:size]
 
 
 def _assign_split(tokens: list[str], options: TextOptions) -> str:

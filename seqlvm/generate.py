@@ -12,14 +12,14 @@ from seqlvm.vocab import Vocab
 
 
 def _text(vocab: Vocab, rows: torch.Tensor) -> list[str]:
-    return [" ".join(vocab.decode(row)) for row in rows]
+    return [vocab.text(row) for row in rows]
 
 
 def encode_sentences(model: SequenceModel, vocab: Vocab, sentences: list[str],
                      options: TextOptions | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    if not model.has_latent:
-        raise SeqlvmError(f"model {model.name!r} has no latent space to encode into")
-    options = options or TextOptions()
+    if not hasattr(model, "encode"):
+        raise SeqlvmError(f"model {model.name!r} has no global latent space to encode sentences into")
+    options = options or TextOptions(unit="char" if vocab.is_characters else "word")
     token_ids = [vocab.encode(tokenize(s, options)) for s in sentences]
     if any(len(ids) == 0 for ids in token_ids):
         raise SeqlvmError("cannot encode an empty sentence")

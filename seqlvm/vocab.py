@@ -36,6 +36,15 @@ class Vocab:
             out.append(self.words[i])
         return out
 
+    @property
+    def is_characters(self) -> bool:
+        """A character vocabulary (every entry one character): its tokens join without spaces."""
+        return all(len(w) == 1 for w in self.words[len(SPECIALS):])
+
+    def text(self, ids) -> str:
+        """Ids decoded into a string, up to the first </s>."""
+        return ("" if self.is_characters else " ").join(self.decode(ids))
+
     def save(self, path: Path) -> None:
         path.write_text(json.dumps(self.words, ensure_ascii=False))
 

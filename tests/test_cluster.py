@@ -4,6 +4,7 @@
 must finish from its last checkpoint, in the same MLflow run, with every step's metrics exactly once."""
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -105,13 +106,17 @@ def test_jobs_by_cli_and_by_hand_and_a_killed_train_worker(cluster, shakespeare,
     assert submitted.returncode == 0, submitted.stderr
     assert "submitted job fault" in submitted.stdout
 
-    # Two checkpoint folders: the first is committed (Ray Train commits when every worker has reported it).
-    storage = tmp_path / "fault" / "ray" / "fault"
+    # Ray Train records a checkpoint as committed in its manager snapshot once every worker has reported it (a
+    # checkpoint folder can exist earlier): kill after that, or the restart would begin from step 0.
+    snapshot = tmp_path / "fault" / "ray" / "fault" / "checkpoint_manager_snapshot.json"
 
-    def two_checkpoints() -> bool:
+    def committed_checkpoint() -> bool:
         status = dashboard_json(cluster, "/api/jobs/fault")["status"]
         assert status == "RUNNING" or status == "PENDING", seqlvm(cluster, "jobs", "logs", "fault").stdout[-3000:]
-        return len(list(storage.glob("checkpoint_*"))) >= 2
+        try:
+            return json.loads(snapshot.read_text()).get("latest_checkpoint_result") is not None
+        except (FileNotFoundError, json.JSONDecodeError):  # not written yet, or mid-write
+            return False
 
     # The State API is slow on a loaded machine: find the workers first, then kill the moment a checkpoint is in.
     def both_workers() -> list[int]:
@@ -119,7 +124,7 @@ def test_jobs_by_cli_and_by_hand_and_a_killed_train_worker(cluster, shakespeare,
         return found if len(found) == 2 else []
 
     pids = wait_for(both_workers, 400, "the train workers")
-    wait_for(two_checkpoints, 400, "two checkpoints")
+    wait_for(committed_checkpoint, 400, "a committed checkpoint")
     os.kill(pids[-1], signal.SIGKILL)
 
     waited = seqlvm(cluster, "jobs", "status", "fault", "--wait")

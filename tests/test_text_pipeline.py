@@ -158,3 +158,35 @@ def test_local_batches_visit_each_sequence_once_per_epoch():
     seqs = [np.array([4 + i]) for i in range(100)]
     seen = sorted(int(t) for b in local_batches(seqs, 8, bucket_factor=4, seed=3) for t in b["targets"][:, 0])
     assert seen == list(range(4, 104))
+
+
+def test_characters_in_fixed_length_fragments_cover_the_running_text(tmp_path):
+    lines = ["The cat sat.", "A dog   ran far away!", "Birds sing."]
+    src = write_corpus(tmp_path / "c.txt", lines)
+    out = tmp_path / "chars"
+    options = TextOptions(unit="char", fragment_length=7, valid_fraction=0, test_fraction=0)
+    manifest = prepare_text(str(src), out, options)
+    vocab = Vocab.load(out / "vocab.json")
+    assert vocab.is_characters and " " in vocab.words and "T" not in vocab.words  # lowercased characters
+    fragments = [vocab.text(ids) for ids in read_split(out, "train")]
+    assert all(len(f) == 7 for f in fragments)
+    running = " ".join(" ".join(line.lower().split()) for line in lines)
+    assert manifest["splits"]["train"]["sentences"] == len(running) // 7
+    assert sorted(fragments) == sorted(running[i:i + 7] for i in range(0, len(running) - 6, 7))
+
+
+def test_paragraph_layout_keeps_each_paragraph_one_sequence(tmp_path):
+    src = write_corpus(tmp_path / "p.txt", ["First one.", "Still the first.", "", "Second paragraph here."])
+    out = tmp_path / "docs"
+    prepare_text(str(src), out, TextOptions(layout="paragraphs", valid_fraction=0, test_fraction=0))
+    vocab = Vocab.load(out / "vocab.json")
+    assert not vocab.is_characters
+    assert sorted(vocab.text(ids) for ids in read_split(out, "train")) == [
+        "first one . still the first .", "second paragraph here ."]
+
+
+@pytest.mark.parametrize("option", [{"unit": "byte"}, {"fragment_length": -1}, {"layout": "pages"}])
+def test_bad_unit_fragment_or_layout_is_a_one_line_error(option):
+    with pytest.raises(SeqlvmError) as error:
+        TextOptions(**option).validate()
+    assert "\n" not in str(error.value)
