@@ -25,6 +25,9 @@ PREPARERS = {
               "(synthetic)"),
     "strokes": ("pipelines.strokes", "StrokeOptions", "prepare_strokes",
                 "handwriting: IAM-OnDB lineStrokes XML files or folders, builtin:kanjivg, builtin:lasa"),
+    "words": ("pipelines.words", "WordOptions", "prepare_words",
+              "English words by frequency, one character a token (the word-generation task of the dssm model): "
+              "wordfreq:en"),
     "midi": ("pipelines.midi", "MidiOptions", "prepare_midi",
              "piano rolls: .mid files or folders, a Boulanger-Lewandowski .pickle, an .npz of rolls, "
              "builtin:bach, builtin:folk"),
@@ -148,6 +151,9 @@ def _add_evaluate_and_sample(sub) -> None:
     evaluate.add_argument("--chunk", type=int, help="importance samples decoded at once (default: what fits "
                                                     "a 256 MB logits budget)")
     evaluate.add_argument("--limit", type=int, help="evaluate only the first N sentences")
+    evaluate.add_argument("--word-samples", type=int, default=100,
+                          help="words datasets: importance samples per word type for the cross-entropies to the "
+                               "word distributions (default 100)")
     evaluate.add_argument("--tracking-uri", help="MLflow tracking URI for runs:/ and models:/ checkpoints")
 
     sample = sub.add_parser("sample", help="text: decode sentences from the prior, posteriors and homotopies; "
@@ -230,7 +236,7 @@ def cmd_prepare(args) -> None:
     options_class, prepare = _preparer(args.modality)
     options = options_class(**{f.name: getattr(args, f.name) for f in fields(options_class)})
     manifest = prepare(args.source, args.out, options, overwrite=args.overwrite, console=console)
-    if args.modality == "text":
+    if manifest["modality"] == "text":
         title = f"{args.out}  ({manifest['source']}, vocabulary {manifest['vocab_size']:,})"
         columns = {"sentences": "sentences", "tokens": "tokens", "unknown tokens": "unknown_tokens"}
     else:
@@ -380,7 +386,7 @@ def cmd_evaluate(args) -> None:
 
     metrics = evaluate_checkpoint(args.checkpoint, args.data, args.split, iw_samples=args.samples,
                                   chunk=args.chunk, limit=args.limit, tracking_uri=args.tracking_uri,
-                                  console=console)
+                                  console=console, word_samples=args.word_samples)
     out.print(metrics_table(f"{args.checkpoint} on {args.split}", {args.split: metrics}))
 
 

@@ -117,6 +117,16 @@ def training_dataset(data_dir: str, materialise_bytes: int = MATERIALISE_BYTES):
     return ray_dataset(data_dir, "train", shuffle_files=True)
 
 
+def data_defaults(manifest: dict) -> dict:
+    """Model fields the data sets unless the config does: a frame model's output distribution, and the longest
+    text a fixed-size model (the hybrid VAE's deconvolution) must produce."""
+    if manifest.get("modality") != "text":
+        return {"output": manifest.get("output")}
+    options = manifest.get("options", {})
+    longest = options.get("fragment_length") or options.get("max_length")
+    return {"max_length": longest} if longest else {}
+
+
 def load_inputs(request: TrainRequest) -> tuple[dict, Vocab | None, RunConfig]:
     """The data's manifest, its vocabulary (None for frame data) and the run config, all checked before anything
     starts. The model defaults to the sentence VAE for text and the VRNN for frames, and a frame model's output
@@ -130,7 +140,7 @@ def load_inputs(request: TrainRequest) -> tuple[dict, Vocab | None, RunConfig]:
         overrides.append(f"train.max_steps={request.max_steps}")
     run_config, _ = build_run_config(model_class, request.config_file, overrides, request.model_name,
                                      default_model="sentence-vae" if is_text else "vrnn",
-                                     model_defaults={} if is_text else {"output": manifest.get("output")})
+                                     model_defaults=data_defaults(manifest))
     check_modality(run_config.model_name, modality, request.data_dir)
     for split in ("valid", "test") if request.final_eval else ("valid",):  # prepare never leaves train empty
         if not manifest["splits"][split]["shards"]:
@@ -261,9 +271,11 @@ def root_cause(exc: BaseException) -> str:
 
 def evaluate_checkpoint(checkpoint: str, data_dir: str | None, split: str = "test", iw_samples: int = 500,
                         batch_size: int = 64, chunk: int | None = None, limit: int | None = None,
-                        tracking_uri: str | None = None, console=None, seed: int = 0) -> dict:
+                        tracking_uri: str | None = None, console=None, seed: int = 0, word_samples: int = 100) -> dict:
     """Metrics of a checkpoint on a split. Seeded, so two checkpoints compared on the same data see the same
-    noise in their sampled bounds."""
+    noise in their sampled bounds. On a words dataset, also the word task's metrics (cross-entropies to the
+    word distributions with `word_samples` importance samples a word, samples in the vocabulary, mutual
+    information)."""
     import torch
 
     torch.manual_seed(seed)
@@ -278,7 +290,13 @@ def evaluate_checkpoint(checkpoint: str, data_dir: str | None, split: str = "tes
         from rich.progress import track
         batches = track(batches, console=console, transient=True,
                         description=f"evaluating {len(sequences):,} sequences, {iw_samples} importance samples")
-    return evaluate(model, batches, iw_samples, chunk)
+    metrics = evaluate(model, batches, iw_samples, chunk)
+    if read_manifest(data_dir).get("task") == "words":
+        from seqlvm.word_metrics import word_task_metrics
+        if console is not None:
+            console.print(f"word-task metrics: every word type, {word_samples} importance samples each")
+        metrics.update(word_task_metrics(model, data_dir, num_samples=word_samples))
+    return metrics
 
 
 def check_same_kind_of_data(payload: dict, data_dir: str) -> None:

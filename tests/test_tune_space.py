@@ -9,7 +9,7 @@ import pytest
 from seqlvm.config import build_run_config
 from seqlvm.errors import SeqlvmError
 from seqlvm.evaluation import COLLAPSE_PENALTY, sweep_objective
-from seqlvm.models import model_class
+from seqlvm.models import MODELS, model_class
 from tune.space import SpaceSampler, as_overrides, default_space, parse_space
 from tune.summary import best_row
 from tune.sweep import SEARCHES, SweepRequest, make_sampler, sweep_space
@@ -85,7 +85,7 @@ def test_default_space_fits_each_model_and_scales_with_training_length():
     assert "model.latent_dim" not in lm and "model.hidden_dim" in lm
     short, long = ({d.name: d for d in default_space(vae_fields, n)} for n in (100, 10_000))
     assert long["train.kl_anneal_midpoint"].high == 100 * short["train.kl_anneal_midpoint"].high
-    for model in ("sentence-vae", "rnnlm", "vrnn", "srnn", "rnn"):  # every default is a valid key and value
+    for model in MODELS:  # every default is a valid key and value
         dims, min_kl = sweep_space(SweepRequest(data_dir="unused", model_name=model), 500, model)
         assert dims and min_kl == 0.0
     srnn = {d.name for d in sweep_space(SweepRequest(data_dir="unused"), 500, "srnn")[0]}

@@ -132,6 +132,8 @@ def default_space(model_fields: set[str], max_steps: int, has_latent: bool = Tru
     and decoder dropouts, latent samples with or without hidden-state averaging, and the sizes Bowman's
     Table 11 tuned. Sigmoid rates are drawn so the curve rises over 5-40% of training. For the frame models:
     VRNN's conditional prior against VRNN-I, SRNN's smoothing against filtering and its Resq parameterisation.
+    The deep state-space model's flow and importance samples K (Schmidt & Hofmann, Table 1), the hybrid VAE's
+    auxiliary weight alpha and history dropout (Semeniuta et al.), NASMC's particle count.
     """
     steps = max(10, max_steps)
     sigmoid, linear = {"train.kl_anneal": ["sigmoid"]}, {"train.kl_anneal": ["linear"]}
@@ -153,6 +155,11 @@ def default_space(model_fields: set[str], max_steps: int, has_latent: bool = Tru
         Dimension("model.conditional_prior", "choice", choices=[True, False]),
         Dimension("model.smoothing", "choice", choices=[True, False]),
         Dimension("model.resq", "choice", choices=[True, False]),
+        Dimension("model.generative_flow", "choice", choices=["tril", "2xtril", "diag"]),
+        Dimension("model.importance_samples", "int", 1, 10, log=True),
+        Dimension("model.aux_weight", "loguniform", 0.05, 1.0),
+        Dimension("model.history_keep_rate", "uniform", 0.5, 1.0),
+        Dimension("model.particles", "int", 4, 32, log=True),
     ]
     section = {d.name: d.name.split(".", 1) for d in dims}
     return [d for d in dims if (section[d.name][0] == "train" and (has_latent or "kl_" not in d.name))

@@ -3,13 +3,18 @@ from __future__ import annotations
 
 from seqlvm.errors import SeqlvmError
 from seqlvm.models.base import FRAME_MODALITIES, ModelOutput, SequenceModel
+from seqlvm.models.dssm import DSSM
 from seqlvm.models.frame_rnn import FrameRNN
+from seqlvm.models.hybrid_vae import HybridVAE
+from seqlvm.models.nasmc import NASMC
+from seqlvm.models.nvdm import NVDM
 from seqlvm.models.rnnlm import RNNLM
 from seqlvm.models.sentence_vae import SentenceVAE
 from seqlvm.models.srnn import SRNN
 from seqlvm.models.vrnn import VRNN
 
-MODELS: dict[str, type[SequenceModel]] = {cls.name: cls for cls in (SentenceVAE, RNNLM, VRNN, SRNN, FrameRNN)}
+MODELS: dict[str, type[SequenceModel]] = {cls.name: cls for cls in (
+    SentenceVAE, RNNLM, VRNN, SRNN, FrameRNN, DSSM, HybridVAE, NASMC, NVDM)}
 
 
 def model_class(name: str) -> type[SequenceModel]:

@@ -1,6 +1,7 @@
-"""The LSTM language-model decoder shared by the sentence VAE and its RNNLM baseline.
+"""The recurrent language-model decoder shared by the sentence VAE and its RNNLM baseline: an LSTM, or a GRU
+(the baseline of Schmidt & Hofmann 2018).
 
-With a latent z, z sets the initial hidden state (cell state zero, as in Kruengkrai 2019) and can also be
+With a latent z, z sets the initial hidden state (LSTM cell state zero, as in Kruengkrai 2019) and can also be
 concatenated to every step's input embedding. Without one, it is a plain RNN language model.
 """
 from __future__ import annotations
@@ -11,25 +12,35 @@ from torch import nn
 
 from seqlvm.vocab import BOS_ID, EOS_ID, PAD_ID
 
+RNN_CELLS = {"lstm": nn.LSTM, "gru": nn.GRU}
+
 
 class LSTMDecoder(nn.Module):
     def __init__(self, embedding: nn.Embedding, hidden_dim: int, latent_dim: int = 0,
-                 z_every_step: bool = False, embedding_dropout: float = 0.0, hidden_dropout: float = 0.0):
+                 z_every_step: bool = False, embedding_dropout: float = 0.0, hidden_dropout: float = 0.0,
+                 cell: str = "lstm"):
         super().__init__()
         self.embedding = embedding
         self.latent_dim = latent_dim
         self.z_every_step = z_every_step and latent_dim > 0
         input_dim = embedding.embedding_dim + (latent_dim if self.z_every_step else 0)
-        self.lstm = nn.LSTM(input_dim, hidden_dim, batch_first=True)
+        self.cell = cell
+        # Registered under the cell's name ("lstm" or "gru"), so LSTM checkpoints keep their parameter names.
+        self.add_module(cell, RNN_CELLS[cell](input_dim, hidden_dim, batch_first=True))
         self.z_to_hidden = nn.Linear(latent_dim, hidden_dim) if latent_dim else None
         self.embedding_dropout = nn.Dropout(embedding_dropout)
         self.hidden_dropout = nn.Dropout(hidden_dropout)
         self.to_vocab = nn.Linear(hidden_dim, embedding.num_embeddings)
 
-    def _initial_state(self, z: torch.Tensor | None, batch: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-        c0 = torch.zeros(1, batch, self.lstm.hidden_size, device=device)
-        h0 = c0 if z is None else self.z_to_hidden(z).unsqueeze(0)
-        return h0, c0
+    @property
+    def rnn(self) -> nn.LSTM | nn.GRU:
+        return getattr(self, self.cell)
+
+    def _initial_state(self, z: torch.Tensor | None, batch: int, device) -> torch.Tensor | tuple[torch.Tensor, ...]:
+        """h0 (from z, else zeros); an LSTM also gets a zero cell state."""
+        zeros = torch.zeros(1, batch, self.rnn.hidden_size, device=device)
+        h0 = zeros if z is None else self.z_to_hidden(z).unsqueeze(0)
+        return (h0, zeros) if self.cell == "lstm" else h0
 
     def _step_inputs(self, tokens: torch.Tensor, z: torch.Tensor | None) -> torch.Tensor:
         x = self.embedding_dropout(self.embedding(tokens))
@@ -40,7 +51,7 @@ class LSTMDecoder(nn.Module):
     def hidden_states(self, tokens: torch.Tensor, z: torch.Tensor | None = None) -> torch.Tensor:
         """(N, T) input tokens, z (N, latent) or None -> (N, T, hidden) decoder states (teacher forcing)."""
         state = self._initial_state(z, tokens.size(0), tokens.device)
-        out, _ = self.lstm(self._step_inputs(tokens, z), state)
+        out, _ = self.rnn(self._step_inputs(tokens, z), state)
         return out
 
     def logits(self, states: torch.Tensor) -> torch.Tensor:
@@ -64,7 +75,7 @@ class LSTMDecoder(nn.Module):
         finished = torch.zeros(num, dtype=torch.bool, device=device)
         out = []
         for _ in range(max_len):
-            hidden, state = self.lstm(self._step_inputs(token, z), state)
+            hidden, state = self.rnn(self._step_inputs(token, z), state)
             logits = self.to_vocab(hidden[:, -1])
             logits[:, PAD_ID] = -float("inf")
             logits[:, BOS_ID] = -float("inf")

@@ -1,4 +1,5 @@
-"""The RNN language-model baseline of Bowman et al.: the sentence VAE's decoder with no latent variable."""
+"""The RNN language-model baseline of Bowman et al.: the sentence VAE's decoder with no latent variable; with
+`cell: gru`, the GRU baseline of Schmidt & Hofmann (2018)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -8,7 +9,7 @@ from torch import nn
 
 from seqlvm.errors import SeqlvmError
 from seqlvm.models.base import ModelOutput, SequenceModel
-from seqlvm.models.decoder import LSTMDecoder
+from seqlvm.models.decoder import RNN_CELLS, LSTMDecoder
 from seqlvm.models.sentence_vae import decoder_inputs
 from seqlvm.vocab import PAD_ID
 
@@ -21,14 +22,17 @@ class RNNLMConfig:
     word_keep_rate: float = 0.66
     embedding_dropout: float = 0.0
     hidden_dropout: float = 0.0
+    cell: str = "lstm"  # lstm | gru
 
     def validate(self) -> None:
         if not 0.0 <= self.word_keep_rate <= 1.0:
             raise SeqlvmError(f"model.word_keep_rate must be in [0, 1], got {self.word_keep_rate}")
+        if self.cell not in RNN_CELLS:
+            raise SeqlvmError(f"model.cell must be {' or '.join(RNN_CELLS)}, got {self.cell!r}")
 
 
 class RNNLM(SequenceModel):
-    """LSTM language model: the sentence VAE's decoder without a latent (the baseline of Bowman et al.)."""
+    """LSTM (or GRU) language model: the sentence VAE's decoder without a latent (the baseline of Bowman et al.)."""
 
     name = "rnnlm"
     config_class = RNNLMConfig
@@ -38,7 +42,7 @@ class RNNLM(SequenceModel):
         super().__init__(config, vocab_size)
         self.embedding = nn.Embedding(vocab_size, config.embedding_dim, padding_idx=PAD_ID)
         self.decoder = LSTMDecoder(self.embedding, config.hidden_dim, 0, False,
-                                   config.embedding_dropout, config.hidden_dropout)
+                                   config.embedding_dropout, config.hidden_dropout, config.cell)
 
     def _nll(self, tokens: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         return self.decoder.sentence_nll(self.decoder.hidden_states(tokens), targets)
