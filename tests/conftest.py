@@ -26,6 +26,18 @@ SMALL_CORPUS = [
 ] * 6
 
 
+@pytest.fixture(scope="session", autouse=True)
+def one_torch_thread():
+    """The models in tests are tiny: a second intra-op thread only adds synchronisation, which on a busy 2-core
+    machine made some tests tens of times slower. (Ray's workers are other processes, with their own setting.)"""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def ray_session():
     import ray

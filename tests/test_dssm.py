@@ -21,16 +21,6 @@ FLOWS = ["tril", "diag", "id", "nvp2", "realnvp", "2xtril", "tril,diag,nvp1"]
 WORDS = [np.array([4, 5, 6]), np.array([7, 8, 4, 5, 6, 7]), np.array([5])]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """These tensors are tiny: a second intra-op thread only adds synchronisation, which on a loaded 2-core
-    machine made some tests 50x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def small_model(**overrides) -> DSSM:
     config = DSSMConfig(**{"state_dim": DIM, "embedding_dim": 5, "inference_dim": 6, "flow_hidden": 7, **overrides})
     config.validate()

@@ -23,6 +23,7 @@ from seqlvm import cli, registry, tracking
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(900)]
 
 NAME = "tiny-sweep-vae"
+TRIALS = 2  # the first finishes before the driver is killed, the resume runs the other
 TINY_SWEEP = """
 model: {embedding_dim: 32, hidden_dim: 32, latent_dim: 4}
 train: {batch_size: 32, max_steps: 8, log_every: 2, eval_every: 4, eval_batches: 3}
@@ -69,7 +70,7 @@ def resumed_sweep(ray_session, shakespeare, tmp_path_factory):
     log = open(root / "driver.log", "w")
     driver = subprocess.Popen(
         [sys.executable, "-m", "seqlvm.cli", *sweep_args(shakespeare, config, workdir, "first", "--num-samples",
-                                                         "3", "--address", address)],
+                                                         str(TRIALS), "--address", address)],
         stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     deadline = time.time() + 400
     while "TERMINATED" not in trial_statuses(workdir / "tune" / "first"):
@@ -101,10 +102,10 @@ def _valid_steps(uri) -> dict[str, list[int]]:
 
 def test_resume_finishes_the_sweep_without_rerunning_finished_trials(resumed_sweep):
     uri, workdir, killed_state, before = resumed_sweep
-    assert 1 <= killed_state.count("TERMINATED") < 3  # killed mid-sweep
-    assert trial_statuses(workdir / "tune" / "first").count("TERMINATED") == 3
+    assert 1 <= killed_state.count("TERMINATED") < TRIALS  # killed mid-sweep
+    assert trial_statuses(workdir / "tune" / "first").count("TERMINATED") == TRIALS
     after = _valid_steps(uri)
-    assert len(after) == 3  # one MLflow run per trial, none duplicated by the resume
+    assert len(after) == TRIALS  # one MLflow run per trial, none duplicated by the resume
     finished_before = [trial for trial, steps in before.items() if steps and steps[-1] == 8]
     assert finished_before
     for trial in finished_before:
@@ -120,14 +121,14 @@ def test_parent_and_child_runs_carry_the_sweep(resumed_sweep):
     client = tracking.client(uri)
     parent = client.search_runs([client.get_experiment_by_name("seqlvm").experiment_id],
                                 "tags.`seqlvm.kind` = 'sweep'")[0]
-    assert parent.data.params["search"] == "tpe" and parent.data.params["num_samples"] == "3"
-    assert parent.data.metrics["trials/total"] == 3
+    assert parent.data.params["search"] == "tpe" and parent.data.params["num_samples"] == str(TRIALS)
+    assert parent.data.metrics["trials/total"] == TRIALS
     assert parent.data.tags["seqlvm.registered_version"] == "1"
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id, "figures")}
     assert "figures/objective_by_trial.png" in artifacts
     table = client.download_artifacts(parent.info.run_id, "trials.csv")
     rows = list(pd.read_csv(table)["trial"])
-    assert len(rows) == 3
+    assert len(rows) == TRIALS
     for child in _child_runs(uri):
         assert child.data.tags["mlflow.parentRunId"] == parent.info.run_id
         assert child.info.status == "FINISHED"

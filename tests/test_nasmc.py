@@ -18,15 +18,6 @@ A, Q, R, S0 = 0.9, 0.5, 1.0, 1.0  # z_t = A z_{t-1} + N(0, Q), x_t = z_t + N(0, 
 SIZES = {"hidden_dim": 8, "latent_dim": 2, "feature_dim": 8, "proposal_hidden_dim": 8, "proposal_components": 2}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """SMC is many small ops: on a busy 2-core CPU a second thread's synchronisation costs more than it saves."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def transition(a=A):
     def p(z_previous: torch.Tensor, t: int) -> D.Distribution:
         if t == 0:

@@ -21,15 +21,6 @@ SMALL = {"hidden_dim": 16, "latent_dim": 4}
 DOCUMENTS = [[5, 6, 5, 7, UNK_ID, 9], [10, 11, 10, 10], [4, UNK_ID, 23, 22, 21, 20, 5, 4, 4], [8]]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """These tensors are tiny: with the 2 cores shared, a second intra-op thread makes them many times slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def make_model(seed: int = 0, **overrides):
     torch.manual_seed(seed)
     model = build_model("nvdm", {**SMALL, **overrides}, VOCAB)

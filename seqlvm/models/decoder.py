@@ -15,7 +15,7 @@ from seqlvm.vocab import BOS_ID, EOS_ID, PAD_ID
 RNN_CELLS = {"lstm": nn.LSTM, "gru": nn.GRU}
 
 
-class LSTMDecoder(nn.Module):
+class RNNDecoder(nn.Module):
     def __init__(self, embedding: nn.Embedding, hidden_dim: int, latent_dim: int = 0,
                  z_every_step: bool = False, embedding_dropout: float = 0.0, hidden_dropout: float = 0.0,
                  cell: str = "lstm"):

@@ -9,7 +9,7 @@ from torch import nn
 
 from seqlvm.errors import SeqlvmError
 from seqlvm.models.base import ModelOutput, SequenceModel
-from seqlvm.models.decoder import RNN_CELLS, LSTMDecoder
+from seqlvm.models.decoder import RNN_CELLS, RNNDecoder
 from seqlvm.models.sentence_vae import decoder_inputs
 from seqlvm.vocab import PAD_ID
 
@@ -41,7 +41,7 @@ class RNNLM(SequenceModel):
     def __init__(self, config: RNNLMConfig, vocab_size: int):
         super().__init__(config, vocab_size)
         self.embedding = nn.Embedding(vocab_size, config.embedding_dim, padding_idx=PAD_ID)
-        self.decoder = LSTMDecoder(self.embedding, config.hidden_dim, 0, False,
+        self.decoder = RNNDecoder(self.embedding, config.hidden_dim, 0, False,
                                    config.embedding_dropout, config.hidden_dropout, config.cell)
 
     def _nll(self, tokens: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from seqlvm.models.base import ModelOutput, SequenceModel
-from seqlvm.models.decoder import LSTMDecoder
+from seqlvm.models.decoder import RNNDecoder
 from seqlvm.objectives import gaussian_kl, log_normal, word_dropout
 from seqlvm.errors import SeqlvmError
 from seqlvm.vocab import BOS_ID, PAD_ID, UNK_ID
@@ -60,7 +60,7 @@ class SentenceVAE(SequenceModel):
         self.embedding = nn.Embedding(vocab_size, config.embedding_dim, padding_idx=PAD_ID)
         self.encoder = nn.LSTM(config.embedding_dim, config.hidden_dim, batch_first=True)
         self.to_posterior = nn.Linear(config.hidden_dim, 2 * config.latent_dim)
-        self.decoder = LSTMDecoder(self.embedding, config.hidden_dim, config.latent_dim, config.z_every_step,
+        self.decoder = RNNDecoder(self.embedding, config.hidden_dim, config.latent_dim, config.z_every_step,
                                    config.embedding_dropout, config.hidden_dropout)
 
     def encode(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
