@@ -52,13 +52,13 @@ FRAME_STEP_BYTES = 16 * 1024
 
 
 def samples_per_chunk(model: SequenceModel, batch: dict, budget_bytes: int = LOGITS_BUDGET_BYTES) -> int:
-    """How many importance samples to decode at once so one chunk's logits (text) or per-step state (frames)
-    stays within the budget."""
+    """How many importance samples to decode at once so one chunk's logits (text) or per-step state (frames),
+    for every particle of a sample, stays within the budget."""
     if "targets" in batch:
         sample_bytes = batch["targets"].numel() * model.vocab_size * 4
     else:
         sample_bytes = batch["frames"].shape[0] * batch["frames"].shape[1] * FRAME_STEP_BYTES
-    return max(1, budget_bytes // max(1, sample_bytes))
+    return max(1, budget_bytes // max(1, sample_bytes * model.particles_per_sample))
 
 
 def importance_weighted_nll(model: SequenceModel, batch: dict, num_samples: int,

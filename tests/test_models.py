@@ -100,6 +100,8 @@ def test_importance_sample_chunks_respect_the_logits_budget():
     per_sample = batch["targets"].numel() * VOCAB * 4
     assert samples_per_chunk(model, batch, budget_bytes=per_sample * 3 + 1) == 3
     assert samples_per_chunk(model, batch, budget_bytes=1) == 1
+    filter_model = build_model("dssm", {"state_dim": 4, "importance_samples": 3}, VOCAB)
+    assert samples_per_chunk(filter_model, batch, budget_bytes=per_sample * 3 + 1) == 1  # 3 particles a sample
 
 
 def test_importance_weights_with_hidden_averaging_group_latents():

@@ -37,6 +37,12 @@ class SequenceModel(nn.Module):
     def forward(self, batch: dict[str, torch.Tensor], kl_weight: float = 1.0) -> ModelOutput:
         raise NotImplementedError
 
+    @property
+    def particles_per_sample(self) -> int:
+        """Hypotheses one importance sample carries through the model at once (a filter's particles): what an
+        importance sample costs in memory, relative to one latent trajectory."""
+        return 1
+
     def log_importance_weights(self, batch: dict[str, torch.Tensor], num_samples: int) -> torch.Tensor:
         """(num_samples, batch) log p(x, z) - log q(z | x) with z ~ q(z | x); exact log p(x) without a latent."""
         raise NotImplementedError

@@ -152,6 +152,10 @@ class DSSM(SequenceModel):
     name = "dssm"
     config_class = DSSMConfig
 
+    @property
+    def particles_per_sample(self) -> int:
+        return self.config.importance_samples
+
     def __init__(self, config: DSSMConfig, vocab_size: int):
         super().__init__(config, vocab_size)
         c = config

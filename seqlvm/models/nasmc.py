@@ -269,6 +269,10 @@ class NASMC(SequenceModel):
     config_class = NASMCConfig
     modalities = FRAME_MODALITIES
 
+    @property
+    def particles_per_sample(self) -> int:
+        return self.config.particles
+
     def __init__(self, config: NASMCConfig, frame_dim: int):
         super().__init__(config, frame_dim)  # frame_dim in the vocabulary-size slot, as for the VRNN
         c = config
