@@ -199,8 +199,9 @@ def run_training(request: TrainRequest, console=None) -> TrainResult:
     mlflow_client.log_artifacts(run_id, checkpoint_dir, artifact_path="checkpoint")
     test_metrics = {}
     if request.final_eval:
-        test_metrics = evaluate_checkpoint(checkpoint_dir, request.data_dir, "test",
-                                           iw_samples=run_config.train.final_iw_samples)
+        samples = run_config.train.final_iw_samples
+        test_metrics = evaluate_checkpoint(checkpoint_dir, request.data_dir, "test", iw_samples=samples,
+                                           word_samples=samples)
         tracking.MetricLogger(tracking_uri, run_id).log(
             {f"test/{k}": v for k, v in test_metrics.items()}, step=int(result.metrics.get("step", 0)))
     tracking.log_training_figures(tracking_uri, run_id)

@@ -99,7 +99,7 @@ def test_jobs_by_cli_and_by_hand_and_a_killed_train_worker(cluster, shakespeare,
          str(shakespeare), "--workers", "1", "--max-steps", "20", "--workdir", str(tmp_path / "by-hand"),
          "--name", "by-hand", *TINY], env=client_env(cluster), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
         text=True)
-    max_steps = 320
+    max_steps = 240
     submitted = seqlvm(cluster, "submit", "--submission-id", "fault", "--", "seqlvm", "train", "--data",
                        str(shakespeare), "--workers", "2", "--max-steps", str(max_steps), "--workdir",
                        str(tmp_path / "fault"), "--name", "fault", *TINY)

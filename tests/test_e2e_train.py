@@ -75,14 +75,6 @@ def test_cli_evaluate_and_sample_print_tables(trained, capsys):
     assert "samples from the prior" in text and "homotopy" in text and "decoded from the posterior" in text
 
 
-def test_rnnlm_baseline_trains_through_the_cli(ray_session, shakespeare, tmp_path, capsys):
-    code = cli.main(["train", "--data", str(shakespeare), "--model", "rnnlm", "--workers", "1", "--max-steps",
-                     "3", "--workdir", str(tmp_path), "--name", "lm", *[o for o in TINY if "latent" not in o]])
-    assert code == 0
-    out = capsys.readouterr().out
-    assert "iw_nll" in out and "runs:/" in out
-
-
 def test_unknown_config_key_fails_before_starting_anything(shakespeare, tmp_path, capsys):
     assert cli.main(["train", "--data", str(shakespeare), "--workdir", str(tmp_path), "model.nope=1"]) == 2
     assert "unknown config key 'model.nope'" in capsys.readouterr().err
