@@ -3,7 +3,7 @@
 The first sweep's driver runs in a subprocess joined to the test session's Ray; it is killed (SIGKILL) once
 its first trial has finished, then `seqlvm tune --resume` completes it. Every assertion about a sweep (parent
 and child runs, no finished trial re-run, figures, the registered champion, loading it through MLflow) is made
-on that resumed sweep. A second, deliberately worse sweep must not take the champion alias.
+on that resumed sweep. (The champion rule itself is tested on a real store in test_registry.py.)
 """
 from __future__ import annotations
 
@@ -34,13 +34,6 @@ tune:
     train.kl_anneal_rate: {loguniform: [0.3, 1.0], when: {train.kl_anneal: sigmoid}}
     train.kl_warmup_steps: {int: [2, 8], when: {train.kl_anneal: linear}}
     train.lr: {loguniform: [0.003, 0.01]}
-"""
-WORSE_SWEEP = """
-model: {embedding_dim: 32, hidden_dim: 32, latent_dim: 4}
-train: {batch_size: 32, max_steps: 2, log_every: 1, eval_every: 2, eval_batches: 3, lr: 0.00001}
-tune:
-  space:
-    model.word_keep_rate: {uniform: [0.5, 1.0]}
 """
 
 
@@ -154,15 +147,8 @@ def test_best_trial_is_registered_as_champion_and_loads_through_mlflow(resumed_s
     assert list(out["source"]) == ["prior", "posterior"] and out["output"].str.len().sum() > 0
 
 
-def test_a_worse_sweep_registers_a_version_but_not_the_champion(resumed_sweep, shakespeare, tmp_path, capsys):
-    uri, workdir, _, _ = resumed_sweep
-    config = tmp_path / "worse.yaml"
-    config.write_text(WORSE_SWEEP)
-    assert cli.main(sweep_args(shakespeare, config, workdir, "worse", "--num-samples", "1", "--search",
-                               "random", "--scheduler", "none")) == 0
-    out = capsys.readouterr().out
-    assert "version 2 is not champion" in out and "does not beat" in out
-    client = tracking.client(uri)
-    assert str(registry.current_alias_version(client, NAME).version) == "1"
-    assert cli.main(sweep_args(shakespeare, config, workdir, "worse", "--num-samples", "1")) == 2
+def test_starting_an_existing_sweep_again_asks_for_resume(resumed_sweep, shakespeare, capsys):
+    _, workdir, _, _ = resumed_sweep
+    config = workdir.parent / "sweep.yaml"
+    assert cli.main(sweep_args(shakespeare, config, workdir, "first", "--num-samples", "1")) == 2
     assert "exists; pass --resume" in capsys.readouterr().err
