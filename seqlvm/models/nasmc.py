@@ -57,6 +57,7 @@ from torch import nn
 from seqlvm.errors import SeqlvmError
 from seqlvm.models.base import FRAME_MODALITIES, ModelOutput, SequenceModel, step_mask
 from seqlvm.models.heads import build_head, check_output, gaussian_parameters, mlp
+from seqlvm.models.vrnn import ancestral_frames
 
 RESAMPLING = ("multinomial", "systematic")
 
@@ -308,7 +309,7 @@ class NASMC(SequenceModel):
         x = x.unsqueeze(1).expand(-1, particles, -1)
         features_x = features_x.unsqueeze(1).expand(-1, particles, -1)
         h, c = state["h"], state["c"]
-        mu_p, logvar_p = gaussian_parameters(self.phi_prior(h))
+        mu_p, logvar_p = self._prior(h)
         prior = diagonal_gaussian(mu_p, logvar_p)
         q, proposal_state = self._propose(state, x, mu_p, logvar_p)
         z = (prior if q is None else q).sample()  # no gradient: the samples are constants of both updates
@@ -350,19 +351,13 @@ class NASMC(SequenceModel):
         result = self.sweep(frames.repeat(num_samples, 1, 1), lengths.repeat(num_samples))
         return result.log_marginal.view(num_samples, frames.size(0))
 
+    def _prior(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return gaussian_parameters(self.phi_prior(h))
+
     @torch.no_grad()
     def sample_prior(self, num: int, steps: int = 100) -> torch.Tensor:
         """(num, steps, D) frames generated ancestrally from the transition and emission."""
-        h = self.cell.weight_hh.new_zeros(num, self.config.hidden_dim)
-        c = torch.zeros_like(h)
-        frames = []
-        for _ in range(steps):
-            z = diagonal_gaussian(*gaussian_parameters(self.phi_prior(h))).sample()
-            features_z = self.phi_z(z)
-            x = self.head.sample(self.phi_dec(torch.cat([features_z, h], -1)))
-            frames.append(x)
-            h, c = self.cell(torch.cat([self.phi_x(x), features_z], -1), (h, c))
-        return torch.stack(frames, 1)
+        return ancestral_frames(self, num, steps)
 
 
 __all__ = ["MixtureDensityLSTM", "NASMC", "NASMCConfig", "SMCResult", "draw_ancestors", "effective_sample_size",

@@ -103,15 +103,20 @@ class VRNN(SequenceModel):
     @torch.no_grad()
     def sample_prior(self, num: int, steps: int = 100) -> torch.Tensor:
         """(num, steps, D) frames generated ancestrally from the (conditional) prior."""
-        h = self.cell.weight_hh.new_zeros(num, self.config.hidden_dim)
-        c = torch.zeros_like(h)
-        frames = []
-        for _ in range(steps):
-            mu_p, logvar_p = self._prior(h)
-            z = mu_p + (0.5 * logvar_p).exp() * torch.randn_like(mu_p)
-            features_z = self.phi_z(z)
-            x = self.head.sample(self.phi_dec(torch.cat([features_z, h], -1)))
-            frames.append(x)
-            h, c = self.cell(torch.cat([self.phi_x(x), features_z], -1), (h, c))
-        return torch.stack(frames, 1)
+        return ancestral_frames(self, num, steps)
 
+
+def ancestral_frames(model: nn.Module, num: int, steps: int) -> torch.Tensor:
+    """(num, steps, D) frames from a VRNN-style generative network (also NASMC's): z_t from the model's
+    `_prior(h)`, x_t from its head, then the LSTM recurrence on [phi_x(x_t), phi_z(z_t)]."""
+    h = model.cell.weight_hh.new_zeros(num, model.config.hidden_dim)
+    c = torch.zeros_like(h)
+    frames = []
+    for _ in range(steps):
+        mu_p, logvar_p = model._prior(h)
+        z = mu_p + (0.5 * logvar_p).exp() * torch.randn_like(mu_p)
+        features_z = model.phi_z(z)
+        x = model.head.sample(model.phi_dec(torch.cat([features_z, h], -1)))
+        frames.append(x)
+        h, c = model.cell(torch.cat([model.phi_x(x), features_z], -1), (h, c))
+    return torch.stack(frames, 1)
