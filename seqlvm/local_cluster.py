@@ -92,9 +92,12 @@ def dashboard_json(state: ClusterState, path: str, token: bool = True):
 
 
 def start(cmd: list[str], log: Path, env: dict[str, str]) -> subprocess.Popen:
-    """A process in its own session, so `down` can end it together with the processes it spawned."""
+    """A process in its own session, so `down` can end it together with the processes it spawned. It runs in the
+    log's folder (the cluster's): a job without a working dir starts in its node's current folder, which must not
+    be a checkout, or `python -m seqlvm.cli` would import that checkout instead of the code the job carries."""
     with open(log, "ab") as out:
-        return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+                                cwd=log.parent)
 
 
 def start_mlflow(root: Path, port: int, env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.Popen:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import tempfile
 import warnings
 from dataclasses import dataclass
@@ -19,7 +20,6 @@ COMPARED_METRIC = "valid.nll_bound"
 SHOWN_METRICS = ("valid.nll_bound", "valid.iw_nll", "valid.kl", "valid.active_units", "test.nll_bound",
                  "test.iw_nll", "test.ppl_bound")
 HISTORY_TAG = "seqlvm.alias_history"  # JSON {alias: [versions, oldest first]}, for rollback
-PACKAGE_ROOT = Path(__file__).resolve().parent.parent
 MODEL_CODE = Path(__file__).resolve().parent / "pyfunc_model.py"
 
 
@@ -41,6 +41,29 @@ def default_registered_name(model_name: str, data_source: str) -> str:
     """One registered model per model family and corpus, e.g. `sentence-vae-shakespeare`."""
     corpus = Path(data_source.split(":", 1)[-1].rstrip("/")).name or "data"
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", f"{model_name}-{corpus}").strip("-")
+
+
+def model_code_paths() -> list[Path]:
+    """The folders of the packages a registered model carries, each found from where Python imported it: a
+    checkout, an installed wheel, a cluster image, or a Ray job's `py_modules`, where each package has a folder of
+    its own (so no package's place can be derived from another's)."""
+    import pipelines
+    import seqlvm
+    return [Path(package.__file__).resolve().parent for package in (seqlvm, pipelines)]
+
+
+def check_model_code() -> list[Path]:
+    """Copy the model's code as registration will, so that a sweep whose code cannot be packaged fails before it
+    trains rather than at its last step. Returns the folders."""
+    paths = model_code_paths()
+    with tempfile.TemporaryDirectory() as tmp:
+        for path in paths:
+            try:
+                shutil.copytree(path, Path(tmp) / path.name)
+            except OSError as exc:
+                raise SeqlvmError(f"{path}: a registered model carries this package's code, and it cannot be "
+                                  f"copied ({exc})") from None
+    return paths
 
 
 def _weights_only_checkpoint(checkpoint: Path, folder: Path) -> tuple[Path, dict]:
@@ -77,7 +100,7 @@ def register_checkpoint(tracking_uri: str, run_id: str, checkpoint: Path, name: 
                 signature=_signature(text=payload.get("vocab") is not None),
                 artifacts={"checkpoint": str(weights), "data_manifest": str(manifest_path)},
                 # The code travels with the model, so it loads where seqlvm is not installed.
-                code_paths=[str(PACKAGE_ROOT / "seqlvm"), str(PACKAGE_ROOT / "pipelines")],
+                code_paths=[str(path) for path in model_code_paths()],
                 pip_requirements=["torch", "numpy", "pandas", "pyyaml", "pyarrow"],
                 registered_model_name=name)
     version = str(info.registered_model_version)

@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -11,6 +14,24 @@ os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
 os.environ.setdefault("RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS", "0")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run_without_checkout(code: str, cwd: Path, env: dict[str, str] | None = None,
+                         timeout: float = 300) -> subprocess.CompletedProcess:
+    """Run `code` in a fresh Python of this environment that cannot import the checkout's packages: the editable
+    install's import hook and the checkout's path entries are removed first, and the code starts only once
+    `seqlvm` and `pipelines` are unimportable, so whatever of them it imports comes from elsewhere."""
+    prelude = textwrap.dedent(f"""
+        import importlib.util, sys
+        sys.meta_path[:] = [f for f in sys.meta_path if not getattr(f, "__module__", "").startswith("__editable__")]
+        sys.path[:] = [p for p in sys.path if p not in ("", {str(REPO)!r})]
+        assert importlib.util.find_spec("seqlvm") is None and importlib.util.find_spec("pipelines") is None
+    """)
+    return subprocess.run([sys.executable, "-c", prelude + textwrap.dedent(code)], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=timeout)
 
 
 def write_corpus(path: Path, sentences: list[str]) -> Path:

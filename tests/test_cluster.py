@@ -1,7 +1,9 @@
 """The cluster path on a real multi-process cluster: `seqlvm cluster up` starts a head (`ray start --head` on
 127.0.0.1, free ports, token authentication), a worker node and an `mlflow server`; jobs go in through
 `seqlvm submit` and through `ray job submit` by hand; a Ray Train worker is killed by its PID mid-run and the run
-must finish from its last checkpoint, in the same MLflow run, with every step's metrics exactly once."""
+must finish from its last checkpoint, in the same MLflow run, with every step's metrics exactly once. The card's
+central use runs here too: a sweep submitted as a job registers its champion on the cluster's MLflow server, and
+the champion loads in a fresh process from the code it carries."""
 from __future__ import annotations
 
 import json
@@ -17,7 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from seqlvm import local_cluster, tracking
+from conftest import run_without_checkout
+from seqlvm import local_cluster, registry, tracking
 from seqlvm.local_cluster import dashboard_json
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(900)]
@@ -25,6 +28,8 @@ pytestmark = [pytest.mark.ray, pytest.mark.timeout(900)]
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["--model", "rnnlm", "--no-final-eval", "model.embedding_dim=32", "model.hidden_dim=32",
         "train.batch_size=16", "train.log_every=10", "train.eval_every=40", "train.eval_batches=2"]
+TINY_VAE = ["model.embedding_dim=32", "model.hidden_dim=32", "model.latent_dim=4", "train.batch_size=32",
+            "train.log_every=10", "train.eval_every=10", "train.eval_batches=2"]
 
 
 @pytest.fixture(scope="module")
@@ -151,3 +156,54 @@ def test_jobs_by_cli_and_by_hand_and_a_killed_train_worker(cluster, shakespeare,
     assert listed.returncode == 0 and "by-hand" in listed.stdout and "SUCCEEDED" in listed.stdout
     missing = seqlvm(cluster, "jobs", "status", "no-such-job")
     assert missing.returncode == 2 and missing.stderr.count("\n") == 1 and "no-such-job" in missing.stderr
+
+
+def test_a_job_runs_the_code_it_carries_not_the_folder_it_starts_in(cluster):
+    """A job without a working dir starts in its node's current folder: a node started from a checkout would make
+    `python -m seqlvm.cli` import that checkout and hide a job that cannot run from its `py_modules`."""
+    code = "import os, pipelines, seqlvm, tune; print('FROM', os.getcwd(), seqlvm.__file__, pipelines.__file__, tune.__file__)"
+    job = seqlvm(cluster, "submit", "--follow", "--", "python", "-c", code)
+    assert job.returncode == 0, job.stdout[-3000:]
+    cwd, *files = next(line for line in job.stdout.splitlines() if line.startswith("FROM ")).split()[1:]
+    assert Path(cwd) == Path(cluster.root)
+    assert all("/runtime_resources/py_modules_files/_ray_pkg_" in file for file in files), files
+
+
+def test_a_submitted_sweep_registers_a_champion_that_loads_from_its_own_code(cluster, shakespeare, tmp_path):
+    """The card's central use: a sweep sent with `seqlvm submit`, its best checkpoint registered as champion on the
+    cluster's MLflow server, loaded by `mlflow.pyfunc` in a fresh process that can import seqlvm only from the
+    code the registered model carries, and sampled."""
+    name, work = "cluster-sweep-vae", tmp_path / "work"
+    submitted = seqlvm(cluster, "submit", "--follow", "--", "seqlvm", "tune", "--data", str(shakespeare),
+                       "--num-samples", "2", "--max-steps", "20", "--scheduler", "none", "--name", "cluster-sweep",
+                       "--registered-name", name, "--workdir", str(work), "--iw-samples", "2", "--samples", "1",
+                       *TINY_VAE)
+    assert submitted.returncode == 0, submitted.stdout[-3000:]
+    assert "version 1 is the new champion" in submitted.stdout
+
+    # What the job saw: the nodes' MLflow server (no store of its own in the workdir) and the folders it was given.
+    client = tracking.client(cluster.tracking_uri)
+    champion = registry.current_alias_version(client, name)
+    assert champion is not None and champion.version == "1"
+    sweep_run = client.get_run(client.get_run(champion.run_id).data.tags["mlflow.parentRunId"])
+    assert sweep_run.info.status == "FINISHED" and sweep_run.data.tags["seqlvm.registered_version"] == "1"
+    assert (work / "tune" / "cluster-sweep" / "seqlvm_sweep.json").is_file()
+    assert not (work / "mlflow.db").exists()
+
+    loaded = run_without_checkout(f"""
+        import json, mlflow, pandas as pd
+        mlflow.set_tracking_uri({cluster.tracking_uri!r})
+        model = mlflow.pyfunc.load_model("models:/{name}@champion")
+        out = model.predict(pd.DataFrame({{"sentence": ["", "my lord , the king is here ."]}}),
+                            params={{"seed": 1, "max_len": 12}})
+        import pipelines, seqlvm
+        print(json.dumps({{"files": [seqlvm.__file__, pipelines.__file__], "source": list(out["source"]),
+                          "output": list(out["output"]), "ray": "ray" in sys.modules}}))
+    """, cwd=tmp_path, env=client_env(cluster))
+    assert loaded.returncode == 0, loaded.stderr[-3000:]
+    result = json.loads(loaded.stdout.strip().splitlines()[-1])
+    assert [Path(f).parts[-3:-1] for f in result["files"]] == [("code", "seqlvm"), ("code", "pipelines")]
+    assert not any(Path(f).is_relative_to(REPO) for f in result["files"])
+    assert result["source"] == ["prior", "posterior"] and not result["ray"]  # serving needs no Ray
+    words = set(json.loads((shakespeare / "vocab.json").read_text()))
+    assert all(text and set(text.split()) <= words for text in result["output"]), result["output"]

@@ -3,6 +3,8 @@ version with the plain MLflow client, and registry URIs in the CLI. No Ray: chec
 model built in-process."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import mlflow
 import pandas as pd
 import pytest
@@ -114,3 +116,31 @@ def test_cli_sample_and_evaluate_accept_registry_uris(store, capsys):
     assert "samples from the prior" in capsys.readouterr().out
     assert cli.main(["evaluate", f"models:/{NAME}/2", "--samples", "2", "--limit", "32", "--tracking-uri", uri]) == 0
     assert "iw_nll" in capsys.readouterr().out
+
+
+def test_a_model_registered_from_package_folders_apart_carries_each_package(shakespeare, tmp_path):
+    """A Ray job's `py_modules` unpack each package into a folder of its own (`_ray_pkg_<hash>/seqlvm`,
+    `_ray_pkg_<hash>/pipelines`): registering from there must find each package where it was imported from."""
+    import shutil
+
+    from conftest import REPO, run_without_checkout
+    folders = {package: tmp_path / f"_ray_pkg_{package}" for package in ("seqlvm", "pipelines")}
+    for package, folder in folders.items():
+        shutil.copytree(REPO / package, folder / package, ignore=shutil.ignore_patterns("__pycache__"))
+    checkpoint = make_checkpoint(tmp_path / "ckpt", shakespeare, seed=0)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    registered = run_without_checkout(f"""
+        from pathlib import Path
+        sys.path[:0] = [{str(folders["seqlvm"])!r}, {str(folders["pipelines"])!r}]
+        from seqlvm import registry, tracking
+        experiment = tracking.ensure_experiment({uri!r}, "apart", Path({str(tmp_path)!r}))
+        run_id = tracking.client({uri!r}).create_run(experiment).info.run_id
+        print(registry.register_checkpoint({uri!r}, run_id, Path({str(checkpoint)!r}), "apart", {{}}, {{}}))
+        print([str(path) for path in registry.check_model_code()])
+    """, cwd=tmp_path)
+    assert registered.returncode == 0, registered.stderr[-3000:]
+    version, checked = registered.stdout.strip().splitlines()[-2:]
+    assert checked == str([str(folders["seqlvm"] / "seqlvm"), str(folders["pipelines"] / "pipelines")])
+    stored = tracking.client(uri).get_model_version_download_uri("apart", version)
+    code = Path(mlflow.artifacts.download_artifacts(stored, tracking_uri=uri)) / "code"
+    assert (code / "seqlvm" / "pyfunc_model.py").is_file() and (code / "pipelines" / "frames.py").is_file()

@@ -222,6 +222,8 @@ def run_sweep(request: SweepRequest, resume: bool = False, console=None) -> Swee
     if max_steps is None:
         raise SeqlvmError("a sweep needs a training length: set train.max_steps in the config or --max-steps")
     dims, min_kl = sweep_space(request, max_steps, run_config.model_name)
+    if request.register:
+        registry.check_model_code()
 
     name = request.name or f"sweep-{run_config.model_name}-{time.strftime('%Y%m%d-%H%M%S')}"
     request = dataclasses.replace(request, name=name)
@@ -273,7 +275,12 @@ def run_sweep(request: SweepRequest, resume: bool = False, console=None) -> Swee
         tracking.client(tracking_uri).set_terminated(parent_run_id, status="FAILED")
         raise SeqlvmError(f"sweep {name}: no trial produced a checkpoint (see the trial errors above)")
     if request.register:
-        register_best(request, result, manifest, run_config.model_name, min_kl, console)
+        try:
+            register_best(request, result, manifest, run_config.model_name, min_kl, console)
+        except Exception as exc:
+            tracking.client(tracking_uri).set_terminated(parent_run_id, status="FAILED")
+            raise SeqlvmError(f"sweep {name}: its trials finished, but registering the best checkpoint "
+                              f"({result.best['checkpoint_path']}) failed: {root_cause(exc)}") from exc
     tracking.client(tracking_uri).set_terminated(parent_run_id, status="FINISHED")
     return result
 
