@@ -9,7 +9,7 @@ if str(ROOT) not in sys.path:  # run as `python benchmarks/x.py` from anywhere
     sys.path.insert(0, str(ROOT))
 
 from pipelines.text import TextOptions, prepare_text  # noqa: E402
-from seqlvm.vocab import Vocab  # noqa: E402
+from pipelines.vocab import Vocab  # noqa: E402
 
 DEFAULT_DATA = ROOT / "benchmarks" / "out" / "shakespeare"
 # A moderate sentence VAE (the sizes of seqlvm/configs/sentence-vae.yaml).

@@ -14,15 +14,15 @@ import argparse
 import time
 
 import torch
+from _common import ROOT
 from rich.console import Console
 from rich.table import Table
 
-from _common import ROOT
-from pipelines.stream import read_split
+from pipelines.dataset import PreparedDataset
 from pipelines.words import SOURCE, WordOptions, prepare_words
-from seqlvm.config import TrainConfig
-from seqlvm.local_training import train_locally
 from seqlvm.models import build_model
+from seqlvm.training.local import train_locally
+from seqlvm.training.spec import TrainConfig
 from seqlvm.word_metrics import oracle_train_metrics, word_task_metrics
 
 OUT = ROOT / "benchmarks" / "out"
@@ -60,7 +60,7 @@ def train(key: str, data_dir, args, console: Console):
         console.print(f"{name:<13} step {step:>5}/{args.steps} | nll bound/word {m['nll_bound']:6.3f} | "
                       f"kl {m['kl']:6.3f} | {time.time() - started:4.0f}s")
 
-    train_locally(model, read_split(str(data_dir), "train"), cfg, args.steps, on_log)
+    train_locally(model, PreparedDataset.open(str(data_dir)).read("train"), cfg, args.steps, on_log)
     return model, time.time() - started
 
 
@@ -70,7 +70,7 @@ def evaluate(model, data_dir, args) -> dict:
     particles = getattr(model.config, "importance_samples", 1)
     mi = {"num_prefixes": args.mi_prefixes, "num_noise": args.mi_noise, "max_len": args.max_length + 1}
     started = time.time()
-    metrics = word_task_metrics(model, data_dir, num_samples=max(1, args.particle_budget // particles),
+    metrics = word_task_metrics(model, PreparedDataset.open(data_dir), num_samples=max(1, args.particle_budget // particles),
                                 num_generated=args.generated, greedy=False, mi_options=mi)
     return {**metrics, "eval_seconds": time.time() - started}
 

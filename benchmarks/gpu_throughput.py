@@ -12,11 +12,10 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from pipelines.shards import read_manifest
-from pipelines.stream import read_split
-from seqlvm.config import TrainConfig
-from seqlvm.local_training import train_locally
+from pipelines.dataset import PreparedDataset
 from seqlvm.models import build_model
+from seqlvm.training.local import train_locally
+from seqlvm.training.spec import TrainConfig
 
 # Bowman et al., Table 11: the Penn Treebank VAE.
 MODEL = dict(embedding_dim=353, hidden_dim=191, latent_dim=13, word_keep_rate=0.62)
@@ -43,8 +42,8 @@ def main() -> None:
     args = parser.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("no CUDA device: this benchmark needs a GPU")
-    sequences = read_split(args.data_dir, "train")
-    vocab_size = read_manifest(args.data_dir)["vocab_size"]
+    dataset = PreparedDataset.open(args.data_dir)
+    sequences, vocab_size = dataset.read("train"), len(dataset.vocab)
     base = TrainConfig(batch_size=args.batch_size, lr=1e-3, kl_anneal="linear", kl_warmup_steps=args.steps,
                        log_every=max(1, args.steps // 5))
     runs = {"cpu fp32": ("cpu", base, args.cpu_steps)}

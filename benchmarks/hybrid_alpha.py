@@ -16,17 +16,18 @@ import time
 from pathlib import Path
 
 import torch
+from _common import ROOT
 from rich.console import Console
 from rich.table import Table
 
-from _common import ROOT
-from pipelines.stream import local_batches, read_split
+from pipelines.dataset import PreparedDataset
+from pipelines.stream import local_batches
 from pipelines.text import TextOptions, prepare_text
-from seqlvm.config import TrainConfig
+from pipelines.vocab import Vocab
 from seqlvm.evaluation import evaluate
-from seqlvm.local_training import train_locally
 from seqlvm.models import build_model
-from seqlvm.vocab import Vocab
+from seqlvm.training.local import train_locally
+from seqlvm.training.spec import TrainConfig
 
 COLLAPSED_BELOW = 0.01  # bits / character: a KL under this counts as collapsed
 ALIVE_ABOVE = 0.05  # bits / character: the hybrid's KL must exceed this, and 5x the collapsed runs', to count
@@ -119,8 +120,8 @@ def main() -> None:
 
     console = Console(highlight=False, width=120)
     data_dir, vocab = prepare_fragments(args.length, console)
-    train = read_split(str(data_dir), "train", train_limit)
-    valid = read_split(str(data_dir), "valid", args.valid_limit)
+    train = PreparedDataset.open(str(data_dir)).read("train", train_limit)
+    valid = PreparedDataset.open(str(data_dir)).read("valid", args.valid_limit)
     console.print(f"data {data_dir}: {len(train):,} training / {len(valid):,} validation fragments of "
                   f"{args.length} characters, {len(vocab)} symbols; batch {args.batch_size}, lr {args.lr}, "
                   f"{args.steps} steps, KL weight 0 -> 1 linearly over {args.warmup} steps, seed {args.seed}")

@@ -18,8 +18,8 @@ from _common import ROOT
 from rich.console import Console
 from rich.table import Table
 
+from pipelines.errors import SeqlvmError
 from pipelines.midi import MidiOptions, prepare_midi
-from seqlvm.errors import SeqlvmError
 from seqlvm.tracking import metric_history
 from seqlvm.training import TrainRequest, evaluate_checkpoint, run_training
 

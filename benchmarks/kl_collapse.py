@@ -11,15 +11,16 @@ import argparse
 import time
 
 import torch
+from _common import DEFAULT_DATA, MODEL, prepare_shakespeare
 from rich.console import Console
 from rich.table import Table
 
-from _common import DEFAULT_DATA, MODEL, prepare_shakespeare
-from pipelines.stream import local_batches, read_split
-from seqlvm.config import TrainConfig
+from pipelines.dataset import PreparedDataset
+from pipelines.stream import local_batches
 from seqlvm.evaluation import evaluate
-from seqlvm.local_training import train_locally
 from seqlvm.models import build_model
+from seqlvm.training.local import train_locally
+from seqlvm.training.spec import TrainConfig
 
 COLLAPSED_BELOW = 0.05  # nats / sentence: (a)'s KL under this counts as collapsed
 ALIVE_ABOVE = 0.25  # nats / sentence: (b)'s KL must exceed this, and 10x (a)'s, to count as clearly above 0
@@ -80,8 +81,8 @@ def main() -> None:
 
     console = Console(highlight=False)
     data_dir, vocab = prepare_shakespeare(args.data_dir, console)
-    train = read_split(str(data_dir), "train", train_limit)
-    valid = read_split(str(data_dir), args.split, valid_limit)
+    train = PreparedDataset.open(str(data_dir)).read("train", train_limit)
+    valid = PreparedDataset.open(str(data_dir)).read(args.split, valid_limit)
     console.print(f"data {data_dir}: {len(train):,} training / {len(valid):,} {args.split} sentences, "
                   f"vocabulary {len(vocab):,}; model {args.model}, batch {args.batch_size}, lr {args.lr}, "
                   f"{args.steps} steps, seed {args.seed}")

@@ -21,18 +21,19 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from _common import ROOT
 from rich.console import Console
 from rich.table import Table
 
-from _common import ROOT
-from pipelines.stream import local_batches, read_split
+from pipelines.dataset import PreparedDataset
+from pipelines.stream import local_batches
 from pipelines.text import TextOptions, prepare_text
-from seqlvm.config import TrainConfig
+from pipelines.vocab import Vocab
 from seqlvm.evaluation import evaluate, importance_weighted_nll
-from seqlvm.local_training import train_locally
 from seqlvm.models import build_model
 from seqlvm.models.nvdm import bag_of_words
-from seqlvm.vocab import Vocab
+from seqlvm.training.local import train_locally
+from seqlvm.training.spec import TrainConfig
 
 DEFAULT_DATA = ROOT / "benchmarks" / "out" / "shakespeare-speeches"
 # Table 1a, test perplexity (per-document average; NVDM's from the variational bound): (20News, RCV1-v2).
@@ -187,8 +188,8 @@ def main() -> None:
     console = Console(highlight=False, width=150)
     data_dir = Path(args.data_dir).absolute()
     vocab = prepare_speeches(data_dir, args, console)
-    train = read_split(str(data_dir), "train", train_limit)
-    test = read_split(str(data_dir), args.split, test_limit)
+    train = PreparedDataset.open(str(data_dir)).read("train", train_limit)
+    test = PreparedDataset.open(str(data_dir)).read(args.split, test_limit)
 
     word_ids = build_model("nvdm", args.model, len(vocab)).word_ids  # the columns every NVDM predicts
     test_counts = document_counts(test, word_ids, len(vocab))

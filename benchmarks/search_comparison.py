@@ -21,14 +21,15 @@ from _common import ROOT  # noqa: F401  (puts the project on sys.path)
 from rich.console import Console
 from rich.table import Table
 
-from pipelines.stream import local_batches, read_split
+from pipelines.dataset import PreparedDataset
+from pipelines.stream import local_batches
 from pipelines.text import TextOptions, prepare_text
-from seqlvm.config import build_run_config
+from pipelines.vocab import Vocab
 from seqlvm.evaluation import evaluate, sweep_objective
-from seqlvm.local_training import train_locally
 from seqlvm.models import build_model, model_class
-from seqlvm.vocab import Vocab
-from tune.space import SpaceSampler, as_overrides, default_space
+from seqlvm.training.local import train_locally
+from seqlvm.training.spec import RunSpec
+from tune.space import SpaceSampler, default_space
 from tune.sweep import default_startup_trials, make_sampler
 
 DATA = ROOT / "benchmarks" / "out" / "shakespeare-2k"
@@ -48,9 +49,9 @@ def run_search(search: str, seed: int, args, train_data, valid_batches, vocab_si
     for index in range(args.trials):
         trial = study.ask()
         params = propose.propose(trial)
-        run_config, model_config = build_run_config(model_class, None, FIXED + as_overrides(params))
-        model = build_model("sentence-vae", dataclasses.asdict(model_config), vocab_size)
-        train_cfg = dataclasses.replace(run_config.train, seed=seed)
+        spec = RunSpec.build(None, FIXED).with_values(params)
+        model = build_model("sentence-vae", dataclasses.asdict(spec.model), vocab_size)
+        train_cfg = dataclasses.replace(spec.train, seed=seed)
         started = time.time()
         train_locally(model, train_data, train_cfg, args.steps)
         torch.manual_seed(seed)  # the sampled z of the bound, so a configuration always scores the same
@@ -77,8 +78,8 @@ def main() -> None:
 
     prepare_text("builtin:shakespeare", DATA, TextOptions(vocab_size=2000, max_length=30))
     vocab = Vocab.load(DATA / "vocab.json")
-    train_data = read_split(DATA, "train")
-    valid_batches = list(local_batches(read_split(DATA, "valid", args.valid_sentences), 128, bucket_factor=20))
+    train_data = PreparedDataset.open(DATA).read("train")
+    valid_batches = list(local_batches(PreparedDataset.open(DATA).read("valid", args.valid_sentences), 128, bucket_factor=20))
 
     results: dict[str, dict[int, list[float]]] = {}
     for seed in args.seeds:

@@ -35,17 +35,17 @@ import tempfile  # noqa: E402
 import threading  # noqa: E402
 import time  # noqa: E402
 
-import ray  # noqa: E402  (first: it puts its bundled psutil on sys.path)
 import psutil  # noqa: E402
 import pyarrow.fs as pafs  # noqa: E402
+import ray  # noqa: E402  (first: it puts its bundled psutil on sys.path)
+from _common import DEFAULT_DATA  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
-from _common import DEFAULT_DATA  # noqa: E402
 from pipelines.shards import MANIFEST, read_manifest, resolve  # noqa: E402
 from pipelines.text import TextOptions, prepare_text  # noqa: E402
-from seqlvm.config import TrainConfig  # noqa: E402
-from seqlvm.vocab import VOCAB_FILE  # noqa: E402
+from pipelines.vocab import VOCAB_FILE  # noqa: E402
+from seqlvm.training.spec import TrainConfig  # noqa: E402
 
 MB = 2**20
 
@@ -156,14 +156,15 @@ def make_consumer():
 
 
 def stream(data: str, cfg: TrainConfig, split: str = "train") -> dict:
-    from pipelines.stream import ray_dataset
-    from seqlvm.training import training_dataset
+    from pipelines.dataset import PreparedDataset
+    from seqlvm.training.data import training_dataset
     consumer = make_consumer().remote()
     ray.get(consumer.__ray_ready__.remote())  # its start-up (importing torch) is not part of the pass
     sampler = Sampler()
     sampler.start()
     started = time.time()
-    dataset = training_dataset(data, materialise_bytes=0) if split == "train" else ray_dataset(data, split)
+    prepared = PreparedDataset.open(data)
+    dataset = training_dataset(prepared, materialise_bytes=0) if split == "train" else prepared.ray_dataset(split)
     [shard] = dataset.streaming_split(1, equal=True)
     result = ray.get(consumer.consume.remote(shard, cfg.batch_size, cfg.bucket_factor, cfg.shuffle_buffer))
     result["wall"] = time.time() - started

@@ -1,7 +1,7 @@
 """Training throughput (tokens/sec) through Ray Train against a plain PyTorch loop: the same sentence VAE, data,
 configuration and number of steps, run (1) by a TorchTrainer with one worker executing the real
-`seqlvm.train_loop.train_loop_per_worker` on the payload the `seqlvm train` driver builds, logging to a
-throw-away MLflow store, and (2) by `seqlvm.local_training.train_locally` in this process.
+`seqlvm.training.worker.train_loop_per_worker` on the payload the `seqlvm train` driver builds, logging to a
+throw-away MLflow store, and (2) by `seqlvm.training.local.train_locally` in this process.
 
 Ray's steady-state rate is the mean of the `train/tokens_per_sec` windows its rank-0 worker logs to MLflow,
 first window excluded; the plain loop's is measured over the same windows (first excluded) with a forward
@@ -18,23 +18,24 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
 
 import argparse  # noqa: E402
+import dataclasses  # noqa: E402
 import statistics  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import torch  # noqa: E402
+from _common import DEFAULT_DATA, MODEL, prepare_shakespeare  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
-from _common import DEFAULT_DATA, MODEL, prepare_shakespeare  # noqa: E402
-from pipelines.stream import read_split  # noqa: E402
+from pipelines.dataset import PreparedDataset  # noqa: E402
 from seqlvm import tracking  # noqa: E402
-from seqlvm.config import TrainConfig, build_run_config  # noqa: E402
-from seqlvm.local_training import train_locally  # noqa: E402
-from seqlvm.models import build_model, model_class  # noqa: E402
-from seqlvm.ray_runtime import ensure_ray  # noqa: E402
-from seqlvm.training import TrainRequest, build_payload, build_trainer  # noqa: E402
+from seqlvm.cluster.ray_runtime import ensure_ray  # noqa: E402
+from seqlvm.models import build_model  # noqa: E402
+from seqlvm.training import TrainRequest, build_trainer, open_run, prepare_run  # noqa: E402
+from seqlvm.training.local import train_locally  # noqa: E402
+from seqlvm.training.spec import RunSpec, TrainConfig  # noqa: E402
 
 
 def _torch_threads() -> int:
@@ -47,15 +48,14 @@ def run_ray(data_dir: Path, vocab, overrides: list[str], workdir: Path, console:
 
     request = TrainRequest(data_dir=str(data_dir), model_name="sentence-vae", overrides=overrides, workers=1,
                            workdir=str(workdir))
-    run_config, _ = build_run_config(model_class, None, overrides, "sentence-vae")
+    dataset, spec = prepare_run(request)
     uri = tracking.default_tracking_uri(workdir)
     experiment = tracking.ensure_experiment(uri, "throughput", workdir)
-    run_id, _ = tracking.start_or_resume_run(uri, experiment, "throughput", {})
-    payload = build_payload(request, run_config, vocab, uri, run_id)
+    run_id, _, task = open_run(request, dataset, spec, uri, experiment, "throughput")
     started = time.time()
     ensure_ray(1)
     try:
-        result = build_trainer(request, payload, "throughput", str(workdir / "ray")).fit()
+        result = build_trainer(request, dataset, task, "throughput", str(workdir / "ray")).fit()
         wall = time.time() - started
         threads = ray.get(ray.remote(num_cpus=1)(_torch_threads).remote())  # as in the 1-CPU Train worker
     finally:
@@ -78,7 +78,7 @@ def run_plain(sequences, model_config: dict, cfg: TrainConfig, steps: int, vocab
     counted = [0.0]  # tokens through the model's forward so far
 
     def count(_module, _inputs, out) -> None:
-        counted[0] += float(out.totals["tokens"])
+        counted[0] += float(out.totals["steps"])
 
     model.register_forward_hook(count)
     marks: list[tuple[float, float]] = []  # (time, tokens so far) at the end of each window
@@ -115,15 +115,15 @@ def main() -> None:
         f"train.batch_size={args.batch_size}", f"train.max_steps={args.steps}", "train.epochs=1000",
         f"train.log_every={args.log_every}", f"train.eval_every={args.steps + 1}", "train.eval_batches=5",
         "train.lr=0.002"]
-    run_config, _ = build_run_config(model_class, None, overrides, "sentence-vae")
-    console.print(f"{args.steps} steps, batch {args.batch_size}, model {run_config.model}")
+    spec = RunSpec.build(None, overrides, "sentence-vae")
+    console.print(f"{args.steps} steps, batch {args.batch_size}, model {spec.model}")
 
     with tempfile.TemporaryDirectory(prefix="seqlvm-throughput-") as tmp:
         ray_res = run_ray(data_dir, vocab, overrides, Path(tmp), console)
     started = time.time()
-    sequences = read_split(str(data_dir), "train")
+    sequences = PreparedDataset.open(str(data_dir)).read("train")
     read_seconds = time.time() - started
-    plain = {threads: run_plain(sequences, run_config.model, run_config.train, args.steps, len(vocab), threads,
+    plain = {threads: run_plain(sequences, dataclasses.asdict(spec.model), spec.train, args.steps, len(vocab), threads,
                                 console)
              for threads in sorted({torch.get_num_threads(), ray_res["threads"]}, reverse=True)}
 

@@ -12,15 +12,15 @@ import argparse
 import time
 
 import torch
+from _common import ROOT
 from rich.console import Console
 from rich.table import Table
 
-from _common import ROOT
-from pipelines.stream import read_split
+from pipelines.dataset import PreparedDataset
 from pipelines.words import SOURCE, WordOptions, prepare_words
-from seqlvm.config import TrainConfig
-from seqlvm.local_training import train_locally
 from seqlvm.models import build_model
+from seqlvm.training.local import train_locally
+from seqlvm.training.spec import TrainConfig
 from seqlvm.word_metrics import oracle_train_metrics, word_task_metrics
 
 OUT = ROOT / "benchmarks" / "out"
@@ -51,7 +51,7 @@ def train_baseline(data_dir, args, console: Console):
         console.print(f"GRU LM step {step:>5}/{args.steps} | nll/word {m['nll_bound']:.3f} | "
                       f"{time.time() - started:4.0f}s")
 
-    train_locally(model, read_split(data_dir, "train"), cfg, args.steps, on_log)
+    train_locally(model, PreparedDataset.open(data_dir).read("train"), cfg, args.steps, on_log)
     return model
 
 
@@ -101,7 +101,7 @@ def main() -> None:
     for split, (data_dir, _) in prepared.items():
         results[(split, "ORACLE-TRAIN")] = oracle_train_metrics(data_dir, args.generated)
         model = train_baseline(data_dir, args, console)
-        results[(split, "BASELINE-8D")] = word_task_metrics(model, data_dir, num_generated=args.generated)
+        results[(split, "BASELINE-8D")] = word_task_metrics(model, PreparedDataset.open(data_dir), num_generated=args.generated)
     console.print(metrics_table(results))
     console.print("Our vocabulary is smaller than the paper's (see 'word types'), which lowers every cross-entropy "
                   "and raises the in-vocabulary shares; the oracle rows calibrate the comparison.")

@@ -20,9 +20,18 @@ from typing import Iterator
 
 import numpy as np
 
-from pipelines.frames import (ErrorPolicy, Example, FrameOptions, Standardise, cache_root, denormalise,
-                              files_fingerprint, write_frame_dataset)
-from seqlvm.errors import SeqlvmError
+from pipelines.errors import SeqlvmError
+from pipelines.frames import (
+    ErrorPolicy,
+    Example,
+    FrameOptions,
+    Standardise,
+    cache_root,
+    denormalise,
+    files_fingerprint,
+    write_frame_dataset,
+)
+from pipelines.modalities import MODALITIES
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg")
 TUXPAINT_STAMPS = Path("/usr/share/tuxpaint/stamps")
@@ -231,21 +240,23 @@ def prepare_audio(spec: str, out: str | Path, options: AudioOptions, overwrite: 
     synthetic = spec == "builtin:flite"
     return write_frame_dataset(
         out, examples, modality="audio", frame_dim=options.frame_size, source=spec, fingerprint=fingerprint,
-        options=options, output="gauss", standardise=Standardise(dims=list(range(options.frame_size)), scalar=True),
+        options=options, output=MODALITIES["audio"].output, standardise=Standardise(dims=list(range(options.frame_size)), scalar=True),
         render={"sample_rate": options.sample_rate, "frame_size": options.frame_size, "synthetic": synthetic},
         extra={"audio": stats}, overwrite=overwrite, console=console)
 
 
 # --- rendering generated frames ---
 
-def render_audio(frames: np.ndarray, manifest: dict, out_dir: Path, stem: str) -> list[Path]:
+def render_audio(frames: np.ndarray, data_info: dict, out_dir: Path, stem: str) -> list[Path]:
     """Write standardised frames (T, frame_size) as `{stem}.wav` and a waveform plot `{stem}.png`."""
     import soundfile as sf
-    from matplotlib.figure import Figure  # a bare Figure renders with Agg and leaves pyplot's state alone
+    from matplotlib.figure import (
+        Figure,  # a bare Figure renders with Agg and leaves pyplot's state alone
+    )
 
-    rate, frame_size = int(manifest["render"]["sample_rate"]), int(manifest["render"]["frame_size"])
+    rate, frame_size = int(data_info["render"]["sample_rate"]), int(data_info["render"]["frame_size"])
     frames = np.asarray(frames).reshape(-1, frame_size)
-    waveform = np.clip(denormalise(frames, manifest).reshape(-1), -1.0, 1.0)
+    waveform = np.clip(denormalise(frames, data_info).reshape(-1), -1.0, 1.0)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     wav, png = out_dir / f"{stem}.wav", out_dir / f"{stem}.png"

@@ -18,9 +18,16 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipelines.shards import (SPLITS, ShardWriter, atomic_output, is_up_to_date, read_manifest, split_of,
-                              write_manifest)
-from seqlvm.errors import SeqlvmError
+from pipelines.errors import SeqlvmError
+from pipelines.shards import (
+    SPLITS,
+    ShardWriter,
+    atomic_output,
+    is_up_to_date,
+    read_manifest,
+    split_of,
+    write_manifest,
+)
 
 FORMAT = "seqlvm-frames-1"
 FRAME_SCHEMA = pa.schema([("frames", pa.list_(pa.float32())), ("steps", pa.int32())])
@@ -200,10 +207,11 @@ def write_frame_dataset(out: str | Path, examples: Callable[[ErrorPolicy], Itera
     return manifest
 
 
-def denormalise(frames: np.ndarray, manifest: dict) -> np.ndarray:
-    """Undo the manifest's standardisation: frames in the units of the source (samples, pen offsets)."""
+def denormalise(frames: np.ndarray, data_info: dict) -> np.ndarray:
+    """Undo the standardisation a checkpoint's `data_info` records: frames in the units of the source (samples,
+    pen offsets)."""
     frames = np.array(frames, dtype=np.float32, copy=True)
-    norm = manifest.get("normalisation")
+    norm = data_info.get("normalisation")
     if norm:
         dims = norm["dims"]
         frames[..., dims] = frames[..., dims] * np.asarray(norm["std"]) + np.asarray(norm["mean"])

@@ -19,10 +19,18 @@ from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
-from pipelines.frames import (ErrorPolicy, Example, FrameOptions, cache_root, files_fingerprint, frame_split,
-                              write_frame_dataset)
+from pipelines.errors import SeqlvmError
+from pipelines.frames import (
+    ErrorPolicy,
+    Example,
+    FrameOptions,
+    cache_root,
+    files_fingerprint,
+    frame_split,
+    write_frame_dataset,
+)
+from pipelines.modalities import MODALITIES
 from pipelines.shards import is_up_to_date
-from seqlvm.errors import SeqlvmError
 
 KEYS = 88
 LOWEST_NOTE, HIGHEST_NOTE = 21, 108
@@ -296,7 +304,13 @@ def _score_roll(score, steps_per_beat: int) -> np.ndarray:
 
 
 def _convert_collection(name: str, options: MidiOptions, policy: ErrorPolicy, console) -> list[tuple[str, np.ndarray]]:
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
 
     music21 = _music21()
     pieces = _collection(name)[:options.max_pieces or None]
@@ -413,7 +427,7 @@ def prepare_midi(spec: str, out: str | Path, options: MidiOptions, overwrite: bo
                               f"builtin:{'|'.join(BUILTIN)}")
     render = {"time_step": seconds_per_step, "lowest_note": LOWEST_NOTE, "program": 0}
     return write_frame_dataset(out, examples, modality="midi", frame_dim=KEYS, source=spec,
-                               fingerprint=fingerprint, options=options, output="bernoulli", render=render,
+                               fingerprint=fingerprint, options=options, output=MODALITIES["midi"].output, render=render,
                                overwrite=overwrite, console=console)
 
 
@@ -429,7 +443,7 @@ def _note_runs(keys: np.ndarray) -> Iterator[tuple[int, int, int]]:
             yield key + LOWEST_NOTE, int(first), int(stop - first)
 
 
-def render_midi(frames: np.ndarray, manifest: dict, out_dir: Path, stem: str) -> list[Path]:
+def render_midi(frames: np.ndarray, data_info: dict, out_dir: Path, stem: str) -> list[Path]:
     """Write frames (T, 88) of 0/1 or probabilities as `{stem}.png` (the piano roll as given) and `{stem}.mid`
     (keys at 0.5 or above held as notes, consecutive steps merged). Returns the paths written."""
     import pretty_midi
@@ -439,7 +453,7 @@ def render_midi(frames: np.ndarray, manifest: dict, out_dir: Path, stem: str) ->
     frames = np.asarray(frames, dtype=np.float32)
     if frames.ndim != 2 or frames.shape[1] != KEYS:
         raise SeqlvmError(f"{stem}: frames of shape {frames.shape}, expected (steps, {KEYS})")
-    render = manifest.get("render") or {}
+    render = data_info.get("render") or {}
     seconds_per_step = float(render.get("time_step", SECONDS_PER_BEAT))
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from seqlvm.errors import SeqlvmError
+from pipelines.errors import SeqlvmError
 
 MANIFEST = "manifest.json"
 SPLITS = ("train", "valid", "test")
@@ -195,16 +195,3 @@ def _upload(folder: Path, manifest: Path, filesystem: pafs.FileSystem, root: str
 
 def write_manifest(root: Path, manifest: dict) -> None:
     (root / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True))
-
-
-def split_files(data_dir: str | Path, split: str) -> tuple[pafs.FileSystem, list[str]]:
-    """The filesystem of `data_dir` and the paths in it of a split's shards, as the manifest lists them."""
-    manifest = read_manifest(data_dir)
-    try:
-        shards = manifest["splits"][split]["shards"]
-    except KeyError:
-        raise SeqlvmError(f"{data_dir}: manifest has no split {split!r}") from None
-    if not shards:
-        raise SeqlvmError(f"{data_dir}: split {split!r} is empty")
-    filesystem, root = resolve(data_dir)
-    return filesystem, [f"{root}/{s}" for s in shards]

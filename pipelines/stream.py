@@ -1,19 +1,14 @@
-"""Batches for training and evaluation: padding (collate), length bucketing, and the two ways to iterate a
-split: streamed through Ray Data inside Train workers, or read locally with pyarrow."""
+"""Batches for training and evaluation: padding (collate), length bucketing, from a Ray Data shard inside Train
+workers or from sequences in memory (a split a `PreparedDataset` has read)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 import torch
 
-from pipelines.shards import read_manifest, split_files
-from seqlvm.errors import SeqlvmError
-from seqlvm.vocab import BOS_ID, EOS_ID, PAD_ID
+from pipelines.vocab import BOS_ID, EOS_ID, PAD_ID
 
 
 def collate(sequences: Iterable[np.ndarray]) -> dict[str, torch.Tensor]:
@@ -59,8 +54,9 @@ class Layout:
 TEXT = Layout()
 
 
-def layout_of(manifest: dict) -> Layout:
-    return TEXT if manifest.get("modality", "text") == "text" else Layout("frames", int(manifest["frame_dim"]))
+def layout_of(data_info: dict) -> Layout:
+    """The layout of the data a checkpoint's `data_info` describes."""
+    return TEXT if data_info.get("modality", "text") == "text" else Layout("frames", int(data_info["frame_dim"]))
 
 
 def bucketed(window: list[np.ndarray], batch_size: int, rng: np.random.Generator | None,
@@ -98,23 +94,6 @@ def ray_batches(shard, batch_size: int, bucket_factor: int = 1, shuffle_buffer: 
     return windows_to_batches(windows, batch_size, bucket_factor, rng, layout)
 
 
-def read_split(data_dir: str | Path, split: str, limit: int | None = None) -> list[np.ndarray]:
-    """A whole split in memory as token-id or (T, D) frame arrays (evaluation, sampling, plain-PyTorch loops)."""
-    layout = layout_of(read_manifest(data_dir))
-    sequences: list[np.ndarray] = []
-    filesystem, paths = split_files(data_dir, split)
-    for path in paths:
-        try:
-            table = pq.read_table(path, columns=[layout.column], filesystem=filesystem)
-        except (OSError, pa.ArrowException) as exc:
-            raise SeqlvmError(f"{data_dir}: cannot read the shard {path} ({str(exc).strip().splitlines()[0]})") from None
-        for value in table.column(layout.column).to_numpy(zero_copy_only=False):
-            sequences.append(layout.decode(value))
-            if limit is not None and len(sequences) >= limit:
-                return sequences
-    return sequences
-
-
 def local_batches(sequences: list[np.ndarray], batch_size: int, bucket_factor: int = 1,
                   seed: int | None = None) -> Iterator[dict]:
     """Batches from sequences in memory, shuffled when a seed is given: the same batching as ray_batches.
@@ -127,14 +106,3 @@ def local_batches(sequences: list[np.ndarray], batch_size: int, bucket_factor: i
     window = batch_size * bucket_factor
     windows = ([sequences[i] for i in order[s:s + window]] for s in range(0, len(order), window))
     return windows_to_batches(windows, batch_size, bucket_factor, rng, layout)
-
-
-def ray_dataset(data_dir: str, split: str, shuffle_files: bool = False):
-    """A split as a Ray Data dataset, read lazily from the dataset's filesystem (local, S3, GCS...): the read
-    tasks run on the worker nodes, each streaming its shards; with `shuffle_files`, in a new random order at
-    every execution (epoch)."""
-    import ray.data
-    column = layout_of(read_manifest(data_dir)).column
-    filesystem, paths = split_files(data_dir, split)
-    return ray.data.read_parquet(paths, columns=[column], filesystem=filesystem,
-                                 shuffle="files" if shuffle_files else None)

@@ -31,9 +31,17 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from pipelines.frames import (ErrorPolicy, Example, FrameOptions, Standardise, denormalise, files_fingerprint,
-                              write_frame_dataset)
-from seqlvm.errors import SeqlvmError
+from pipelines.errors import SeqlvmError
+from pipelines.frames import (
+    ErrorPolicy,
+    Example,
+    FrameOptions,
+    Standardise,
+    denormalise,
+    files_fingerprint,
+    write_frame_dataset,
+)
+from pipelines.modalities import MODALITIES
 
 FRAME_DIM = 3
 BUILTIN = {
@@ -361,7 +369,7 @@ def _examples(source: StrokeSource, options: StrokeOptions) -> Callable[[ErrorPo
 def prepare_strokes(spec: str, out: str | Path, options: StrokeOptions, overwrite: bool = False,
                     console=None) -> dict:
     """Prepare the handwriting at `spec` (an IAM-OnDB file or folder, `builtin:kanjivg`, `builtin:lasa`) into
-    `out`. Returns the manifest; a no-op when `out` already holds this exact input."""
+    `out`. Returns the data_info; a no-op when `out` already holds this exact input."""
     options.validate()
     source = StrokeSource.open(spec)
     if options.point_step == 0:
@@ -370,17 +378,17 @@ def prepare_strokes(spec: str, out: str | Path, options: StrokeOptions, overwrit
     render = {**source.render_info(), "point_step": options.point_step}
     return write_frame_dataset(
         out, _examples(source, options), modality="strokes", frame_dim=FRAME_DIM, source=spec,
-        fingerprint=fingerprint, options=options, output="strokes", render=render,
+        fingerprint=fingerprint, options=options, output=MODALITIES["strokes"].output, render=render,
         standardise=Standardise(dims=[0, 1]), overwrite=overwrite, console=console)
 
 
-def render_strokes(frames: np.ndarray, manifest: dict, out_dir: str | Path, stem: str) -> list[Path]:
+def render_strokes(frames: np.ndarray, data_info: dict, out_dir: str | Path, stem: str) -> list[Path]:
     """Draw standardised (T, 3) frames as ink into `out_dir/{stem}.png`; returns the paths written."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    strokes = frames_to_strokes(denormalise(np.asarray(frames).reshape(-1, FRAME_DIM), manifest))
-    flip = -1.0 if manifest.get("render", {}).get("y_down", True) else 1.0
+    strokes = frames_to_strokes(denormalise(np.asarray(frames).reshape(-1, FRAME_DIM), data_info))
+    flip = -1.0 if data_info.get("render", {}).get("y_down", True) else 1.0
     points = np.concatenate(strokes) if strokes else np.zeros((1, 2))
     width, height = np.ptp(points[:, 0]), np.ptp(points[:, 1])
     aspect = float(np.clip((width + 1e-9) / (height + 1e-9), 0.25, 8.0))

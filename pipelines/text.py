@@ -18,10 +18,17 @@ from typing import Iterator
 
 import pyarrow as pa
 
-from pipelines.shards import (SPLITS, ShardWriter, atomic_output, is_up_to_date, read_manifest, split_of,
-                              write_manifest)
-from seqlvm.errors import SeqlvmError
-from seqlvm.vocab import SPECIALS, UNK_ID, VOCAB_FILE, Vocab
+from pipelines.errors import SeqlvmError
+from pipelines.shards import (
+    SPLITS,
+    ShardWriter,
+    atomic_output,
+    is_up_to_date,
+    read_manifest,
+    split_of,
+    write_manifest,
+)
+from pipelines.vocab import SPECIALS, UNK_ID, VOCAB_FILE, Vocab
 
 TEXT_SCHEMA = pa.schema([("ids", pa.list_(pa.int32())), ("length", pa.int32())])
 FORMAT = "seqlvm-text/1"
@@ -292,8 +299,8 @@ def prepare_text(spec: str, out: str | Path, options: TextOptions, overwrite: bo
             "format": FORMAT, "modality": "text", "source": spec, "fingerprint": fingerprint,
             "options": asdict(options), "vocab_size": len(vocab),
             "train_token_coverage": round(1 - unknown_per_split["train"] / max(1, train_tokens), 4),
-            "splits": {s: {"sentences": w.rows, "tokens": tokens_per_split[s],
-                           "unknown_tokens": unknown_per_split[s], "shards": w.shards}
+            "splits": {s: {"sequences": w.rows, "steps": tokens_per_split[s],
+                           "unknown_steps": unknown_per_split[s], "shards": w.shards}
                        for s, w in writers.items()},
             "seconds": round(time.time() - started, 1),
         }

@@ -35,11 +35,19 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipelines.shards import (SPLITS, ShardWriter, atomic_output, is_up_to_date, read_dataset_file, read_manifest,
-                              split_of, write_manifest)
+from pipelines.errors import SeqlvmError
+from pipelines.shards import (
+    SPLITS,
+    ShardWriter,
+    atomic_output,
+    is_up_to_date,
+    read_dataset_file,
+    read_manifest,
+    split_of,
+    write_manifest,
+)
 from pipelines.text import TEXT_SCHEMA
-from seqlvm.errors import SeqlvmError
-from seqlvm.vocab import SPECIALS, VOCAB_FILE, Vocab
+from pipelines.vocab import SPECIALS, VOCAB_FILE, Vocab
 
 FORMAT = "seqlvm-words/1"
 SOURCE = "wordfreq:en"
@@ -171,7 +179,7 @@ def write_split(root: Path, split: str, rows: np.ndarray, type_ids: list[list[in
     for index in rows:
         writer.add(ids=type_ids[index], length=len(type_ids[index]))
     writer.flush()
-    return {"sentences": writer.rows, "tokens": int(sum(len(type_ids[i]) for i in rows)), "unknown_tokens": 0,
+    return {"sequences": writer.rows, "steps": int(sum(len(type_ids[i]) for i in rows)), "unknown_steps": 0,
             "shards": writer.shards}
 
 

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import torch
 
-from seqlvm.errors import SeqlvmError
-from seqlvm.models import SequenceModel, build_model
-from seqlvm.vocab import Vocab
+from pipelines.errors import SeqlvmError
+from pipelines.vocab import Vocab
+from seqlvm.models import SequenceModel, build_model_from_args
 
 CHECKPOINT_FILE = "model.pt"
 
@@ -81,8 +81,7 @@ def load_model(spec: str, tracking_uri: str | None = None) -> tuple[SequenceMode
     """(model in eval mode, vocabulary (None for a frame model), the whole checkpoint payload)."""
     path = resolve_checkpoint(spec, tracking_uri)
     payload = read_checkpoint(path)
-    args = payload["model"]
-    model = build_model(args["name"], args["config"], args["vocab_size"])
+    model = build_model_from_args(payload["model"])
     model.load_state_dict(payload["state_dict"])
     model.eval()
     payload["path"] = str(path)

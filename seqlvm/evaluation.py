@@ -1,10 +1,9 @@
 """Shared evaluation: ELBO and its parts, the importance-weighted NLL, perplexity and active units.
 
-Totals are sums over sequences (so workers can all-reduce them); `summarize` turns them into per-sequence
-and per-token (per time step, for frames) figures. Perplexities are per token, counting the end-of-sentence
-token as PTB does; the music and speech tables of the papers report log-likelihoods per time step instead
-(`elbo_per_step`, `iw_ll_per_step`). The totals keep the text names: "sentences" counts sequences and
-"tokens" counts tokens or time steps.
+Totals are sums over sequences (so workers can all-reduce them); "steps" counts tokens of text and time steps
+of frames. `summarize` turns them into per-sequence and per-step figures. Perplexities are per token, counting
+the end-of-sentence token as PTB does; the music and speech tables of the papers report log-likelihoods per time
+step instead (`elbo_per_step`, `iw_ll_per_step`).
 """
 from __future__ import annotations
 
@@ -13,17 +12,17 @@ from typing import Iterable
 
 import torch
 
-from seqlvm.models.base import SequenceModel
+from seqlvm.models.base import SequenceModel, TextModel
 
-TOTAL_KEYS = ("recon", "kl", "sentences", "tokens")
+TOTAL_KEYS = ("recon", "kl", "sequences", "steps")
 
 
 def summarize(totals: dict[str, float], prefix: str = "") -> dict[str, float]:
-    n, tokens = max(totals["sentences"], 1.0), max(totals["tokens"], 1.0)
+    n, steps = max(totals["sequences"], 1.0), max(totals["steps"], 1.0)
     nll_bound = (totals["recon"] + totals["kl"]) / n
     metrics = {"elbo": -nll_bound, "recon": totals["recon"] / n, "kl": totals["kl"] / n,
-               "nll_bound": nll_bound, "ppl_bound": math.exp(min(nll_bound * n / tokens, 50.0)),
-               "elbo_per_step": -nll_bound * n / tokens}
+               "nll_bound": nll_bound, "ppl_bound": math.exp(min(nll_bound * n / steps, 50.0)),
+               "elbo_per_step": -nll_bound * n / steps}
     return {f"{prefix}{k}": v for k, v in metrics.items()}
 
 
@@ -54,7 +53,7 @@ FRAME_STEP_BYTES = 16 * 1024
 def samples_per_chunk(model: SequenceModel, batch: dict, budget_bytes: int = LOGITS_BUDGET_BYTES) -> int:
     """How many importance samples to decode at once so one chunk's logits (text) or per-step state (frames),
     for every particle of a sample, stays within the budget."""
-    if "targets" in batch:
+    if isinstance(model, TextModel):
         sample_bytes = batch["targets"].numel() * model.vocab_size * 4
     else:
         sample_bytes = batch["frames"].shape[0] * batch["frames"].shape[1] * FRAME_STEP_BYTES
@@ -85,7 +84,8 @@ def active_units(means: torch.Tensor, threshold: float = 0.01) -> int:
 def evaluate(model: SequenceModel, batches: Iterable[dict], iw_samples: int = 0, chunk: int | None = None,
              device: str | torch.device = "cpu") -> dict[str, float]:
     """ELBO terms, NLL bound and perplexity over the batches; with iw_samples > 0 also the importance-weighted
-    NLL and perplexity; with a latent, the number of active units."""
+    NLL and perplexity; with a global latent, the number of active units. Counts are named as the data's:
+    sentences and tokens of text, sequences and steps of frames."""
     model.eval()
     totals: dict[str, float] = {}
     iw_total, means = 0.0, []
@@ -94,17 +94,17 @@ def evaluate(model: SequenceModel, batches: Iterable[dict], iw_samples: int = 0,
         add_totals(totals, model(batch).totals)
         if iw_samples:
             iw_total += float(importance_weighted_nll(model, batch, iw_samples, chunk).sum())
-        if hasattr(model, "encode"):  # one global latent per sequence (the sentence VAE)
+        if model.has_global_latent:
             means.append(model.encode(batch)[0].cpu())
     if not totals:
         raise ValueError("no batches to evaluate")
     metrics = summarize(totals)
-    counted = ("sentences", "tokens") if "text" in model.modalities else ("sequences", "steps")
-    metrics.update({counted[0]: totals["sentences"], counted[1]: totals["tokens"]})
+    counted = ("sentences", "tokens") if isinstance(model, TextModel) else ("sequences", "steps")
+    metrics.update({counted[0]: totals["sequences"], counted[1]: totals["steps"]})
     if iw_samples:
-        metrics["iw_nll"] = iw_total / totals["sentences"]
-        metrics["iw_ppl"] = math.exp(min(iw_total / totals["tokens"], 50.0))
-        metrics["iw_ll_per_step"] = -iw_total / totals["tokens"]
+        metrics["iw_nll"] = iw_total / totals["sequences"]
+        metrics["iw_ppl"] = math.exp(min(iw_total / totals["steps"], 50.0))
+        metrics["iw_ll_per_step"] = -iw_total / totals["steps"]
     if means:
         metrics["active_units"] = active_units(torch.cat(means))
     return metrics

@@ -4,20 +4,20 @@ from __future__ import annotations
 
 import torch
 
+from pipelines.errors import SeqlvmError
 from pipelines.stream import collate
 from pipelines.text import TextOptions, tokenize
-from seqlvm.errors import SeqlvmError
-from seqlvm.models import SequenceModel
-from seqlvm.vocab import Vocab
+from pipelines.vocab import Vocab
+from seqlvm.models import TextModel
 
 
 def _text(vocab: Vocab, rows: torch.Tensor) -> list[str]:
     return [vocab.text(row) for row in rows]
 
 
-def encode_sentences(model: SequenceModel, vocab: Vocab, sentences: list[str],
+def encode_sentences(model: TextModel, vocab: Vocab, sentences: list[str],
                      options: TextOptions | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    if not hasattr(model, "encode"):
+    if not model.has_global_latent:
         raise SeqlvmError(f"model {model.name!r} has no global latent space to encode sentences into")
     options = options or TextOptions(unit="char" if vocab.is_characters else "word")
     token_ids = [vocab.encode(tokenize(s, options)) for s in sentences]
@@ -27,20 +27,20 @@ def encode_sentences(model: SequenceModel, vocab: Vocab, sentences: list[str],
 
 
 @torch.no_grad()
-def from_prior(model: SequenceModel, vocab: Vocab, n: int, greedy: bool, max_len: int = 40,
+def from_prior(model: TextModel, vocab: Vocab, n: int, greedy: bool, max_len: int = 40,
                temperature: float = 1.0) -> list[str]:
     return _text(vocab, model.sample_prior(n, greedy=greedy, max_len=max_len, temperature=temperature))
 
 
 @torch.no_grad()
-def reconstruct(model: SequenceModel, vocab: Vocab, sentences: list[str], max_len: int = 40) -> list[str]:
+def reconstruct(model: TextModel, vocab: Vocab, sentences: list[str], max_len: int = 40) -> list[str]:
     """Greedy decodes of each sentence's posterior mean."""
     mu, _ = encode_sentences(model, vocab, sentences)
     return _text(vocab, model.decode(mu, max_len=max_len))
 
 
 @torch.no_grad()
-def from_posterior(model: SequenceModel, vocab: Vocab, sentences: list[str], n: int = 3,
+def from_posterior(model: TextModel, vocab: Vocab, sentences: list[str], n: int = 3,
                    max_len: int = 40) -> list[tuple[str, str, list[str]]]:
     """For each sentence: (input, greedy decode of the posterior mean, n greedy decodes of posterior samples)."""
     mu, logvar = encode_sentences(model, vocab, sentences)
@@ -53,7 +53,7 @@ def from_posterior(model: SequenceModel, vocab: Vocab, sentences: list[str], n: 
 
 
 @torch.no_grad()
-def homotopy(model: SequenceModel, vocab: Vocab, first: str, second: str, steps: int = 7,
+def homotopy(model: TextModel, vocab: Vocab, first: str, second: str, steps: int = 7,
              max_len: int = 40) -> list[str]:
     """Greedy decodes of z(t) = (1 - t) mu_1 + t mu_2 for t evenly spaced on [0, 1]."""
     mu, _ = encode_sentences(model, vocab, [first, second])

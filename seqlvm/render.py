@@ -1,31 +1,19 @@
 """Samples of a frame model turned into what a person wants to see and hear: waveforms (PNG + wav), handwriting
-(PNG), piano rolls (PNG + MIDI). Each modality's reader module owns its renderer; this module draws the
-samples, dispatches on the checkpoint's modality and logs the files to the model's MLflow run."""
+(PNG), piano rolls (PNG + MIDI). Each modality's reader module owns its renderer (named in
+pipelines/modalities.py); this module draws the samples and hands them to it."""
 from __future__ import annotations
 
-import importlib
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from seqlvm.errors import SeqlvmError
-from seqlvm.models import SequenceModel
-
-RENDERERS = {"audio": "pipelines.audio:render_audio", "strokes": "pipelines.strokes:render_strokes",
-             "midi": "pipelines.midi:render_midi"}
-
-
-def renderer(modality: str):
-    try:
-        module, function = RENDERERS[modality].split(":")
-    except KeyError:
-        raise SeqlvmError(f"no renderer for {modality!r} data (renderable: {', '.join(RENDERERS)})") from None
-    return getattr(importlib.import_module(module), function)
+from pipelines.modalities import renderer
+from seqlvm.models import FrameModel
 
 
 @torch.no_grad()
-def render_prior_samples(model: SequenceModel, data_info: dict, n: int, steps: int | None,
+def render_prior_samples(model: FrameModel, data_info: dict, n: int, steps: int | None,
                          out_dir: str | Path, prefix: str = "sample") -> list[Path]:
     """Draw n sequences of `steps` frames (default: the training data's mean length) from the model's prior
     and render each; returns the files written."""
@@ -38,11 +26,3 @@ def render_prior_samples(model: SequenceModel, data_info: dict, n: int, steps: i
     for i, sequence in enumerate(frames):
         paths += render(np.asarray(sequence), data_info, out_dir, f"{prefix}-{i:02d}")
     return paths
-
-
-def log_samples(tracking_uri: str, run_id: str, paths: list[Path], artifact_path: str = "samples") -> None:
-    from seqlvm import tracking
-
-    client = tracking.client(tracking_uri)
-    for path in paths:
-        client.log_artifact(run_id, str(path), artifact_path=artifact_path)

@@ -12,7 +12,7 @@
   share that are in V and distinct, "w in V unique": |distinct generated words in V| / |generated words|. The paper's
   ORACLE-TRAIN row (1.0 and 0.27) fixes this denominator: over the distinct words the oracle would score 1.0.
 - the mean over steps of the mutual information I(t) = I(w_t; xi_t | h_{t-1}) (Eq. 13), from a model's
-  `mutual_information`, when it has one.
+  `mutual_information`, when it declares one (`has_mutual_information`).
 """
 from __future__ import annotations
 
@@ -24,12 +24,12 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from pipelines.shards import read_manifest
+from pipelines.dataset import PreparedDataset
 from pipelines.stream import collate
+from pipelines.vocab import Vocab
 from pipelines.words import read_words
 from seqlvm.evaluation import importance_weighted_nll
-from seqlvm.models.base import SequenceModel
-from seqlvm.vocab import Vocab
+from seqlvm.models.base import TextModel
 
 
 def nats_to_bits(nats: float) -> float:
@@ -43,7 +43,7 @@ def word_batches(vocab: Vocab, words: list[str], batch_size: int) -> Iterator[di
 
 
 @torch.no_grad()
-def word_log_probs(model: SequenceModel, vocab: Vocab, words: list[str], num_samples: int = 100,
+def word_log_probs(model: TextModel, vocab: Vocab, words: list[str], num_samples: int = 100,
                    batch_size: int = 256) -> torch.Tensor:
     """(len(words),) float64 log P-hat(w): exact without a latent, else the importance-weighted estimate with
     `num_samples` samples. Words are batched by length (less padding), the result is in the order given."""
@@ -77,7 +77,7 @@ def in_vocabulary(samples: list[str], vocabulary: Collection[str]) -> dict[str, 
 
 
 @torch.no_grad()
-def generate_words(model: SequenceModel, vocab: Vocab, num: int, max_len: int, greedy: bool = False,
+def generate_words(model: TextModel, vocab: Vocab, num: int, max_len: int, greedy: bool = False,
                    temperature: float = 1.0, batch_size: int = 1000) -> list[str]:
     """`num` words sampled from the model, as strings (characters up to </s>)."""
     model.eval()
@@ -107,19 +107,19 @@ def distribution_metrics(log_probs: torch.Tensor, samples: list[str], words: lis
     return metrics
 
 
-def word_task_metrics(model: SequenceModel, data_dir: str | Path, num_samples: int = 100, num_generated: int = 10000,
+def word_task_metrics(model: TextModel, dataset: PreparedDataset, num_samples: int = 100, num_generated: int = 10000,
                       greedy: bool = False, temperature: float = 1.0, batch_size: int = 256,
                       mi_options: dict | None = None) -> dict[str, float]:
-    """Every metric of Table 1 for `model` on the words dataset at `data_dir`: `distribution_metrics` with
-    `num_generated` sampled words, and the mean mutual information when the model defines
-    `mutual_information(**mi_options)`."""
-    words, p_train, p_test = read_word_distributions(data_dir)
-    vocab = Vocab.of_dataset(data_dir)
+    """Every metric of Table 1 for `model` on a words dataset: `distribution_metrics` with
+    `num_generated` sampled words, and the mean mutual information `mutual_information(**mi_options)` when the
+    model has one."""
+    words, p_train, p_test = read_word_distributions(dataset.location)
+    vocab = dataset.vocab
     log_probs = word_log_probs(model, vocab, words, num_samples, batch_size)
-    max_len = read_manifest(data_dir)["options"]["max_length"] + 1  # + </s>: a cut-off sample is out of V anyway
+    max_len = dataset.options["max_length"] + 1  # + </s>: a cut-off sample is out of V anyway
     samples = generate_words(model, vocab, num_generated, max_len, greedy, temperature)
     metrics = distribution_metrics(log_probs, samples, words, p_train, p_test)
-    if hasattr(model, "mutual_information"):
+    if model.has_mutual_information:
         metrics["mutual_information"] = float(model.mutual_information(**(mi_options or {})).mean())
     return metrics
 

@@ -18,10 +18,12 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-
 from conftest import run_without_checkout
-from seqlvm import local_cluster, registry, tracking
-from seqlvm.local_cluster import dashboard_json
+
+from seqlvm import tracking
+from seqlvm.cluster import local_cluster
+from seqlvm.cluster.local_cluster import dashboard_json
+from seqlvm.tracking import registry
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(900)]
 

@@ -6,14 +6,14 @@ import pytest
 import torch
 from torch.distributions import MultivariateNormal
 
+from pipelines.errors import SeqlvmError
 from pipelines.stream import collate
-from seqlvm.errors import SeqlvmError
+from pipelines.vocab import EOS_ID, PAD_ID
 from seqlvm.evaluation import importance_weighted_nll
 from seqlvm.models import MODELS
 from seqlvm.models.dssm import DSSM, DSSMConfig, two_flow_transition
 from seqlvm.models.flows import build_flow, parse_flow
 from seqlvm.objectives import log_normal
-from seqlvm.vocab import EOS_ID, PAD_ID
 
 VOCAB = 9
 DIM = 4
@@ -92,7 +92,9 @@ def test_config_errors_are_one_line(overrides):
 
 def test_registered_as_a_text_model():
     assert MODELS["dssm"] is DSSM and DSSM.modalities == ("text",) and DSSM.has_latent
-    assert not hasattr(DSSM, "encode")  # no global latent
+    assert not DSSM.has_global_latent and DSSM.has_mutual_information
+    with pytest.raises(NotImplementedError):  # no global latent to encode into
+        small_model().encode(collate(WORDS))
 
 
 def affine_map(flow, condition: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -175,8 +177,8 @@ def test_forward_totals_and_loss_follow_the_contract():
     terms = model.sequence_terms(batch)
     assert out.totals["recon"] + out.totals["kl"] == pytest.approx(-terms.log_marginal.sum().item(), rel=1e-5)
     assert out.loss.item() == pytest.approx(-terms.log_marginal.mean().item(), rel=1e-5)
-    assert out.totals["tokens"].item() == sum(len(w) + 1 for w in WORDS)
-    assert out.totals["sentences"].item() == len(WORDS)
+    assert out.totals["steps"].item() == sum(len(w) + 1 for w in WORDS)
+    assert out.totals["sequences"].item() == len(WORDS)
 
 
 @pytest.mark.parametrize("particles", [1, 3])

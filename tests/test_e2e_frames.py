@@ -158,8 +158,8 @@ def test_registered_frame_model_serves_samples_through_pyfunc(trained):
     import numpy as np
     import pandas as pd
 
-    from seqlvm import registry
     from seqlvm.checkpoint import resolve_checkpoint
+    from seqlvm.tracking import registry
 
     modality, manifest, uri, run = trained
     checkpoint = resolve_checkpoint(f"runs:/{run.info.run_id}/checkpoint", uri)

@@ -13,9 +13,9 @@ import math
 
 import pytest
 
+from pipelines.vocab import UNK
 from seqlvm import cli, generate, tracking
 from seqlvm.checkpoint import load_model
-from seqlvm.vocab import UNK
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(600)]
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
+from pipelines.vocab import Vocab
 from seqlvm import cli, tracking
 from seqlvm.checkpoint import load_model
 from seqlvm.training import TrainRequest, run_training
-from seqlvm.vocab import Vocab
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(420)]
 

@@ -18,7 +18,8 @@ import mlflow
 import pandas as pd
 import pytest
 
-from seqlvm import cli, registry, tracking
+from seqlvm import cli, tracking
+from seqlvm.tracking import registry
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(900)]
 

@@ -7,9 +7,17 @@ import pytest
 import torch
 from torch import distributions as D
 
-from seqlvm.errors import SeqlvmError
-from seqlvm.models.frame_rnn import FrameRNN, FrameRNNConfig
-from seqlvm.models.heads import BernoulliHead, GaussianHead, GMMHead, StrokeHead, build_head
+from pipelines.errors import SeqlvmError
+from seqlvm.checkpoint import load_model, save_checkpoint
+from seqlvm.models import FrameModel, build_model, build_model_from_args
+from seqlvm.models.heads import (
+    BernoulliHead,
+    GaussianHead,
+    GMMHead,
+    StrokeHead,
+    build_head,
+)
+from seqlvm.models.rnn import FrameRNN, FrameRNNConfig
 from seqlvm.models.srnn import SRNN, SRNNConfig, reverse_padded
 from seqlvm.models.vrnn import VRNN, VRNNConfig
 from seqlvm.objectives import gaussian_kl_between
@@ -110,9 +118,9 @@ def test_padded_steps_change_nothing(name, options, output):
     a = model(short)
     torch.manual_seed(5)  # same noise for the real steps; the extra padded steps draw theirs afterwards
     b = model(long)
-    for key in ("recon", "kl", "tokens"):
+    for key in ("recon", "kl", "steps"):
         assert torch.allclose(a.totals[key], b.totals[key], atol=1e-4), key
-    assert a.totals["tokens"] == 10
+    assert a.totals["steps"] == 10
     a.loss.backward()
 
 
@@ -178,3 +186,19 @@ def test_extreme_latent_log_variances_keep_the_loss_finite(name):
         posterior.bias[SIZES["latent_dim"]:] = 500.0  # log-variance half of (mean, log-variance)
     out = model(batch_of([6, 4], pad_to=6))
     assert torch.isfinite(out.loss) and torch.isfinite(out.totals["kl"])
+
+
+@pytest.mark.parametrize("name", [*MODELS, "nasmc"])
+def test_frame_models_store_their_frame_dim_and_rebuild_from_it(name, tmp_path):
+    model = build_model(name, {"hidden_dim": 8, "feature_dim": 8}, FRAME)
+    args = model.constructor_args()
+    assert isinstance(model, FrameModel) and model.frame_dim == FRAME and not model.has_global_latent
+    assert args["frame_dim"] == FRAME and "vocab_size" not in args
+    before = {**{k: v for k, v in args.items() if k != "frame_dim"}, "vocab_size": FRAME}  # as written until now
+    for rebuilt in (build_model_from_args(args), build_model_from_args(before)):
+        assert type(rebuilt) is type(model) and rebuilt.frame_dim == FRAME and rebuilt.config == model.config
+    save_checkpoint(tmp_path, model)
+    loaded, vocab, _ = load_model(str(tmp_path))
+    assert vocab is None and loaded.frame_dim == FRAME
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, loaded.state_dict()[key])

@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 import torch
 
+from pipelines.errors import SeqlvmError
 from pipelines.stream import collate
-from seqlvm.errors import SeqlvmError
+from pipelines.vocab import BOS_ID, EOS_ID, PAD_ID
 from seqlvm.evaluation import importance_weighted_nll
 from seqlvm.models import build_model
 from seqlvm.models.hybrid_vae import HybridVAEConfig, sequence_nll
-from seqlvm.vocab import BOS_ID, EOS_ID, PAD_ID
 
 VOCAB = 12
 TINY = dict(max_length=20, latent_dim=4, conv_channels=8, max_conv_channels=16, feature_dim=8, lm_hidden=16,
@@ -38,7 +38,7 @@ def test_forward_returns_a_loss_and_summed_totals():
     model, batch = tiny(), random_batch(n=5)
     out = model(batch)
     assert out.loss.shape == () and torch.isfinite(out.loss)
-    assert out.totals["sentences"] == 5 and out.totals["tokens"] == 5 * 13
+    assert out.totals["sequences"] == 5 and out.totals["steps"] == 5 * 13
     assert out.totals["recon"] > 0 and out.totals["kl"] > 0
     mu, logvar = model.encode(batch)
     assert mu.shape == logvar.shape == (5, 4)
@@ -108,7 +108,7 @@ def test_the_auxiliary_cost_changes_the_loss_but_not_the_bound():
     out_plain = plain(batch, kl_weight=0.3)
     torch.manual_seed(1)
     out_hybrid = hybrid(batch, kl_weight=0.3)
-    for key in ("recon", "kl", "sentences", "tokens"):
+    for key in ("recon", "kl", "sequences", "steps"):
         assert out_hybrid.totals[key].item() == pytest.approx(out_plain.totals[key].item(), rel=1e-6)
     expected = out_plain.loss + 0.5 * out_hybrid.totals["aux"] / 6
     assert out_hybrid.loss.item() == pytest.approx(expected.item(), rel=1e-5)

@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from seqlvm import cli, jobs, tracking
-from seqlvm.errors import SeqlvmError
+from pipelines.errors import SeqlvmError
+from seqlvm import cli, tracking
+from seqlvm.cluster import jobs
 
 
 def test_seqlvm_commands_run_with_the_clusters_python_from_the_shipped_code():

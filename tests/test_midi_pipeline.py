@@ -6,9 +6,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from pipelines.errors import SeqlvmError
 from pipelines.midi import KEYS, read_npz_rolls
 from pipelines.stream import collate_frames
-from seqlvm.errors import SeqlvmError
 
 JSB = Path(__file__).resolve().parents[2] / "shared" / "data" / "midi" / "jsb_raw_batchsize16_seqlen100.npz"
 
@@ -55,7 +55,13 @@ import time
 import pretty_midi
 import pyarrow.parquet as pq
 
-from pipelines.midi import MidiOptions, builtin_rolls, prepare_midi, read_midi_roll, render_midi
+from pipelines.midi import (
+    MidiOptions,
+    builtin_rolls,
+    prepare_midi,
+    read_midi_roll,
+    render_midi,
+)
 from pipelines.shards import split_of
 
 

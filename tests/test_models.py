@@ -1,14 +1,30 @@
+import ast
 import math
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
 from pipelines.stream import collate
+from pipelines.vocab import SPECIALS
 from seqlvm.checkpoint import load_model, save_checkpoint
-from seqlvm.evaluation import active_units, evaluate, importance_weighted_nll, samples_per_chunk
-from seqlvm.models import MODELS, build_model
-from seqlvm.vocab import SPECIALS
+from seqlvm.evaluation import (
+    active_units,
+    evaluate,
+    importance_weighted_nll,
+    samples_per_chunk,
+)
+from seqlvm.models import (
+    FRAME_MODALITIES,
+    MODELS,
+    FrameModel,
+    TextModel,
+    build_model,
+    build_model_from_args,
+)
 
 VOCAB = 50
 
@@ -37,8 +53,8 @@ def test_forward_returns_loss_and_summed_totals():
     batch = random_batch()
     out = model(batch, kl_weight=0.5)
     assert out.loss.ndim == 0 and out.loss.requires_grad
-    assert out.totals["sentences"] == 6
-    assert out.totals["tokens"] == int(batch["lengths"].sum())
+    assert out.totals["sequences"] == 6
+    assert out.totals["steps"] == int(batch["lengths"].sum())
     expected = (out.totals["recon"] + 0.5 * out.totals["kl"]) / 6
     assert out.loss.item() == pytest.approx(expected.item(), rel=1e-5)
 
@@ -155,8 +171,67 @@ def test_checkpoint_round_trip_with_weights_only(tmp_path):
 
 
 def test_a_corrupt_checkpoint_is_a_one_line_error(tmp_path):
-    from seqlvm.errors import SeqlvmError
+    from pipelines.errors import SeqlvmError
 
     (tmp_path / "model.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(SeqlvmError, match="not a loadable seqlvm checkpoint"):
         load_model(str(tmp_path))
+
+
+MODEL_CODE = sorted(Path(__file__).parents[1].joinpath("seqlvm", "models").glob("*.py")) + [
+    Path(__file__).parents[1] / "seqlvm" / "objectives.py"]
+ALLOWED_IMPORTS = ("__future__", "dataclasses", "math", "re", "typing", "collections", "torch", "pipelines.errors",
+                   "pipelines.modalities", "pipelines.vocab", "seqlvm.models", "seqlvm.objectives")
+
+
+def imports_of(path: Path) -> list[tuple[str, list[str]]]:
+    """(module, imported names) of each import statement in a file."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found += [(alias.name, []) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            found.append((node.module, [alias.name for alias in node.names]))
+    return found
+
+
+@pytest.mark.parametrize("path", MODEL_CODE, ids=lambda p: p.name)
+def test_models_import_only_maths_and_shared_model_modules(path):
+    model_modules = {cls.__module__ for cls in MODELS.values()}
+    for module, names in imports_of(path):
+        assert module.startswith(ALLOWED_IMPORTS), f"{path.name} imports {module}"
+        if path.name != "__init__.py":  # the registry imports every model
+            assert module not in model_modules, f"{path.name} imports the model module {module}"
+        assert not [n for n in names if n.startswith("_")], f"{path.name} imports a private name of {module}"
+
+
+def test_models_pull_in_no_training_ray_mlflow_or_file_io():
+    code = "import sys, seqlvm.models, seqlvm.objectives; print(' '.join(sys.modules))"
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert not {m for m in loaded if m.split(".")[0] in ("ray", "mlflow", "pyarrow", "fsspec")
+                or m.startswith(("seqlvm.training", "seqlvm.tracking", "seqlvm.cluster", "seqlvm.checkpoint",
+                                 "pipelines.shards"))}
+
+
+GLOBAL_LATENT = {"sentence-vae": True, "hybrid-vae": True, "nvdm": True, "rnnlm": False, "dssm": False}
+
+
+@pytest.mark.parametrize("name", GLOBAL_LATENT)
+def test_text_models_store_their_vocab_size_and_declare_their_capabilities(name):
+    model = build_model(name, {}, VOCAB)
+    args = model.constructor_args()
+    assert isinstance(model, TextModel) and args["vocab_size"] == VOCAB and "frame_dim" not in args
+    assert build_model_from_args(args).config == model.config
+    assert model.has_global_latent == GLOBAL_LATENT[name] and model.has_mutual_information == (name == "dssm")
+    batch = random_batch()
+    if model.has_global_latent:
+        assert model.encode(batch)[0].shape[0] == 6
+    else:
+        with pytest.raises(NotImplementedError):
+            model.encode(batch)
+
+
+def test_every_registered_model_is_a_text_or_a_frame_model():
+    for cls in MODELS.values():
+        assert issubclass(cls, TextModel) != issubclass(cls, FrameModel), cls.name
+        assert cls.modalities == (("text",) if issubclass(cls, TextModel) else FRAME_MODALITIES)

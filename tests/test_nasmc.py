@@ -9,10 +9,17 @@ import pytest
 import torch
 from torch import distributions as D
 
-from seqlvm.errors import SeqlvmError
+from pipelines.errors import SeqlvmError
 from seqlvm.models import MODELS
-from seqlvm.models.nasmc import (NASMC, NASMCConfig, diagonal_gaussian, draw_ancestors, markov_step,
-                                 normalised_log_weights, smc)
+from seqlvm.models.nasmc import (
+    NASMC,
+    NASMCConfig,
+    diagonal_gaussian,
+    draw_ancestors,
+    markov_step,
+    normalised_log_weights,
+    smc,
+)
 
 A, Q, R, S0 = 0.9, 0.5, 1.0, 1.0  # z_t = A z_{t-1} + N(0, Q), x_t = z_t + N(0, R), z_1 ~ N(0, S0)
 SIZES = {"hidden_dim": 8, "latent_dim": 2, "feature_dim": 8, "proposal_hidden_dim": 8, "proposal_components": 2}
@@ -221,7 +228,7 @@ def test_forward_reports_the_smc_bound_as_recon_with_no_kl():
     torch.manual_seed(2)
     log_marginal = model.sweep(batch["frames"], batch["lengths"]).log_marginal
     assert torch.allclose(out.totals["recon"], -log_marginal.sum())
-    assert float(out.totals["kl"]) == 0.0 and float(out.totals["tokens"]) == 8.0
+    assert float(out.totals["kl"]) == 0.0 and float(out.totals["steps"]) == 8.0
     assert 1.0 <= float(out.totals["ess"]) / 2 <= 4.0
 
 

@@ -9,12 +9,12 @@ import pytest
 import torch
 from torch.distributions import Normal, kl_divergence
 
+from pipelines.errors import SeqlvmError
 from pipelines.stream import collate
-from seqlvm.errors import SeqlvmError
+from pipelines.vocab import BOS_ID, EOS_ID, PAD_ID, UNK_ID
 from seqlvm.evaluation import importance_weighted_nll
 from seqlvm.models import build_model
 from seqlvm.models.nvdm import NVDMConfig
-from seqlvm.vocab import BOS_ID, EOS_ID, PAD_ID, UNK_ID
 
 VOCAB = 24
 SMALL = {"hidden_dim": 16, "latent_dim": 4}
@@ -81,10 +81,10 @@ def test_recon_is_minus_sum_of_word_log_probs_computed_by_hand():
 
 def test_totals_count_documents_and_modelled_words():
     totals = make_model()(batch_of(DOCUMENTS)).totals
-    assert float(totals["sentences"]) == len(DOCUMENTS)
-    assert float(totals["tokens"]) == sum(w != UNK_ID for d in DOCUMENTS for w in d)
+    assert float(totals["sequences"]) == len(DOCUMENTS)
+    assert float(totals["steps"]) == sum(w != UNK_ID for d in DOCUMENTS for w in d)
     with_unknown = make_model(include_unknown=True)(batch_of(DOCUMENTS)).totals
-    assert float(with_unknown["tokens"]) == sum(len(d) for d in DOCUMENTS)
+    assert float(with_unknown["steps"]) == sum(len(d) for d in DOCUMENTS)
 
 
 def test_loss_is_the_mean_bound_with_the_kl_weight():
@@ -179,5 +179,5 @@ def test_training_learns_topics_the_unigram_model_cannot_see():
         optimizer.step()
     model.eval()
     totals = model(batch).totals
-    per_word = float(totals["recon"] + totals["kl"]) / float(totals["tokens"])
+    per_word = float(totals["recon"] + totals["kl"]) / float(totals["steps"])
     assert per_word < math.log(10) - 0.4

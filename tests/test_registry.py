@@ -9,10 +9,11 @@ import mlflow
 import pandas as pd
 import pytest
 
-from seqlvm import cli, registry, tracking
+from pipelines.vocab import Vocab
+from seqlvm import cli, tracking
 from seqlvm.checkpoint import save_checkpoint
 from seqlvm.models import build_model
-from seqlvm.vocab import Vocab
+from seqlvm.tracking import registry
 
 NAME = "tiny-vae-shakespeare"
 
@@ -132,7 +133,8 @@ def test_a_model_registered_from_package_folders_apart_carries_each_package(shak
     registered = run_without_checkout(f"""
         from pathlib import Path
         sys.path[:0] = [{str(folders["seqlvm"])!r}, {str(folders["pipelines"])!r}]
-        from seqlvm import registry, tracking
+        from seqlvm import tracking
+        from seqlvm.tracking import registry
         experiment = tracking.ensure_experiment({uri!r}, "apart", Path({str(tmp_path)!r}))
         run_id = tracking.client({uri!r}).create_run(experiment).info.run_id
         print(registry.register_checkpoint({uri!r}, run_id, Path({str(checkpoint)!r}), "apart", {{}}, {{}}))
@@ -143,4 +145,4 @@ def test_a_model_registered_from_package_folders_apart_carries_each_package(shak
     assert checked == str([str(folders["seqlvm"] / "seqlvm"), str(folders["pipelines"] / "pipelines")])
     stored = tracking.client(uri).get_model_version_download_uri("apart", version)
     code = Path(mlflow.artifacts.download_artifacts(stored, tracking_uri=uri)) / "code"
-    assert (code / "seqlvm" / "pyfunc_model.py").is_file() and (code / "pipelines" / "frames.py").is_file()
+    assert (code / "seqlvm" / "tracking" / "pyfunc_model.py").is_file() and (code / "pipelines" / "frames.py").is_file()

@@ -14,12 +14,15 @@ import pyarrow.fs as pafs
 import pytest
 from rich.console import Console
 
+from pipelines.dataset import PreparedDataset
+from pipelines.errors import SeqlvmError
 from pipelines.shards import read_manifest, resolve
-from pipelines.stream import ray_batches, ray_dataset, read_split
+from pipelines.stream import ray_batches
 from pipelines.text import TextOptions, prepare_text
-from seqlvm.errors import SeqlvmError
-from seqlvm.training import TrainRequest, check_same_kind_of_data, load_inputs, training_dataset
-from seqlvm.vocab import Vocab
+from pipelines.vocab import Vocab
+from seqlvm.training import TrainRequest, prepare_run
+from seqlvm.training.data import training_dataset
+from seqlvm.training.evaluate import check_same_kind_of_data
 from tests.conftest import SMALL_CORPUS, write_corpus
 
 OPTIONS = dict(valid_fraction=0.2, test_fraction=0.2, shard_size=7)
@@ -38,7 +41,7 @@ def same_data(location, local: Path) -> None:
     assert {k: v for k, v in theirs.items() if k != "seconds"} == {k: v for k, v in ours.items() if k != "seconds"}
     assert Vocab.of_dataset(location).words == Vocab.of_dataset(local).words
     for split in ("train", "valid", "test"):
-        got, want = read_split(location, split), read_split(local, split)
+        got, want = PreparedDataset.open(location).read(split), PreparedDataset.open(local).read(split)
         assert len(got) == len(want) > 0
         assert all(np.array_equal(a, b) for a, b in zip(got, want))
 
@@ -52,9 +55,9 @@ def test_file_uri_round_trip(tmp_path, corpus):
     same_data(uri, local)
     assert Vocab.load(f"{uri}/vocab.json").words == Vocab.load(local / "vocab.json").words
     # what train/tune/evaluate read first
-    loaded, vocab, _ = load_inputs(TrainRequest(data_dir=uri))
-    assert loaded["fingerprint"] == manifest["fingerprint"] and vocab.words == Vocab.of_dataset(local).words
-    check_same_kind_of_data({"vocab": vocab.words}, uri)
+    loaded, _ = prepare_run(TrainRequest(data_dir=uri))
+    assert loaded.fingerprint == manifest["fingerprint"] and loaded.vocab.words == Vocab.of_dataset(local).words
+    check_same_kind_of_data({"vocab": loaded.vocab.words}, loaded)
 
     out = io.StringIO()
     prepare_text(str(corpus), uri, TextOptions(**OPTIONS), console=Console(file=out))
@@ -69,7 +72,7 @@ def test_file_uri_round_trip(tmp_path, corpus):
 ])
 def test_unsupported_scheme_is_one_line(location, message, corpus):
     for action in (lambda: read_manifest(location), lambda: prepare_text(str(corpus), location, TextOptions()),
-                   lambda: read_split(location, "train")):
+                   lambda: PreparedDataset.open(location).read("train")):
         with pytest.raises(SeqlvmError) as error:
             action()
         assert str(error.value).startswith(f"{location}: {message}") and "\n" not in str(error.value)
@@ -170,7 +173,7 @@ def test_s3_locations_that_hold_no_dataset(s3_env, corpus):
     with pytest.raises(SeqlvmError, match=f"^s3://{BUCKET}/nothing: not a prepared dataset \\(no manifest.json\\)"):
         read_manifest(f"s3://{BUCKET}/nothing")
     with pytest.raises(SeqlvmError, match="^s3://no-such-bucket/x: not a prepared dataset"):
-        load_inputs(TrainRequest(data_dir="s3://no-such-bucket/x"))
+        prepare_run(TrainRequest(data_dir="s3://no-such-bucket/x"))
     with pytest.raises(SeqlvmError) as error:
         prepare_text(str(corpus), "s3://no-such-bucket/x", TextOptions(**OPTIONS))
     assert str(error.value).startswith("s3://no-such-bucket/x: cannot write there (") and "\n" not in str(error.value)
@@ -181,7 +184,7 @@ def test_s3_locations_that_hold_no_dataset(s3_env, corpus):
     filesystem, root = resolve(uri)
     filesystem.delete_file(f"{root}/{manifest['splits']['train']['shards'][0]}")
     with pytest.raises(SeqlvmError, match=f"^{uri}: cannot read the shard .*part-00000.parquet"):
-        read_split(uri, "train")
+        PreparedDataset.open(uri).read("train")
 
 
 @pytest.mark.ray
@@ -191,8 +194,9 @@ def test_ray_data_streams_from_s3(ray_session, s3_endpoint, tmp_path, corpus):
     them carries the endpoint and the credentials of the URI."""
     uri = (f"s3://test:test@{BUCKET}/streamed?endpoint_override={s3_endpoint}&region=us-east-1")
     manifest = prepare_text(str(corpus), uri, TextOptions(**OPTIONS))
-    assert ray_dataset(uri, "valid").count() == manifest["splits"]["valid"]["sentences"]
+    dataset = PreparedDataset.open(uri)
+    assert dataset.ray_dataset("valid").count() == manifest["splits"]["valid"]["sequences"]
     # the path of a corpus too large to materialise, split as Train splits it
-    [shard] = training_dataset(uri, materialise_bytes=0).streaming_split(1, equal=True)
+    [shard] = training_dataset(dataset, materialise_bytes=0).streaming_split(1, equal=True)
     rows = sum(int(b["lengths"].shape[0]) for b in ray_batches(shard, batch_size=4, bucket_factor=2, shuffle_buffer=8))
-    assert rows == manifest["splits"]["train"]["sentences"] == len(read_split(uri, "train"))
+    assert rows == manifest["splits"]["train"]["sequences"] == len(dataset.read("train"))

@@ -7,10 +7,11 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from pipelines.stream import bucketed, collate, local_batches, read_split
+from pipelines.dataset import PreparedDataset
+from pipelines.errors import SeqlvmError
+from pipelines.stream import bucketed, collate, local_batches
 from pipelines.text import TextOptions, prepare_text, split_sentences, tokenize
-from seqlvm.errors import SeqlvmError
-from seqlvm.vocab import BOS_ID, EOS_ID, PAD_ID, SPECIALS, Vocab
+from pipelines.vocab import BOS_ID, EOS_ID, PAD_ID, SPECIALS, Vocab
 from tests.conftest import SMALL_CORPUS, write_corpus
 
 
@@ -31,15 +32,15 @@ def test_prepare_local_file_writes_shards_vocab_and_manifest(tmp_path):
     manifest = prepare_text(str(src), out, TextOptions(valid_fraction=0.2, test_fraction=0.2, shard_size=7))
     vocab = Vocab.load(out / "vocab.json")
     assert tuple(vocab.words[:4]) == SPECIALS
-    counted = sum(manifest["splits"][s]["sentences"] for s in ("train", "valid", "test"))
+    counted = sum(manifest["splits"][s]["sequences"] for s in ("train", "valid", "test"))
     assert counted == len(SMALL_CORPUS)
-    assert len(manifest["splits"]["train"]["shards"]) == -(-manifest["splits"]["train"]["sentences"] // 7)
+    assert len(manifest["splits"]["train"]["shards"]) == -(-manifest["splits"]["train"]["sequences"] // 7)
     table = pq.read_table(out / manifest["splits"]["train"]["shards"][0])
     assert table.column_names == ["ids", "length"]
     ids = table.column("ids").to_pylist()
     assert all(len(row) == n for row, n in zip(ids, table.column("length").to_pylist()))
     # Duplicated sentences never straddle splits: the split is a function of the sentence.
-    decoded = {s: {" ".join(vocab.decode(x)) for x in read_split(out, s)} for s in ("train", "valid", "test")}
+    decoded = {s: {" ".join(vocab.decode(x)) for x in PreparedDataset.open(out).read(s)} for s in ("train", "valid", "test")}
     assert not (decoded["train"] & decoded["valid"]) and not (decoded["train"] & decoded["test"])
     assert json.loads((out / "manifest.json").read_text())["fingerprint"] == manifest["fingerprint"]
 
@@ -67,13 +68,13 @@ def test_gzip_files_and_folders_are_read(tmp_path):
     (folder / "one.txt.gz").write_bytes(gzip.compress("\n".join(SMALL_CORPUS[:10]).encode()))
     write_corpus(folder / "two.txt", SMALL_CORPUS[10:20])
     manifest = prepare_text(str(folder), tmp_path / "d", TextOptions(valid_fraction=0, test_fraction=0))
-    assert manifest["splits"]["train"]["sentences"] == 20
+    assert manifest["splits"]["train"]["sequences"] == 20
 
 
 def test_max_length_filters_long_sentences(tmp_path):
     src = write_corpus(tmp_path / "c.txt", ["one two three", "one two three four five six"])
     manifest = prepare_text(str(src), tmp_path / "d", TextOptions(max_length=4, valid_fraction=0, test_fraction=0))
-    assert manifest["splits"]["train"]["sentences"] == 1
+    assert manifest["splits"]["train"]["sequences"] == 1
 
 
 def test_hf_source_reads_a_local_dataset_folder(tmp_path):
@@ -81,14 +82,14 @@ def test_hf_source_reads_a_local_dataset_folder(tmp_path):
     folder.mkdir()
     (folder / "train.jsonl").write_text("\n".join(json.dumps({"text": s}) for s in SMALL_CORPUS[:12]))
     manifest = prepare_text(f"hf:{folder}", tmp_path / "d", TextOptions(valid_fraction=0, test_fraction=0))
-    assert manifest["splits"]["train"]["sentences"] == 12
+    assert manifest["splits"]["train"]["sequences"] == 12
     with pytest.raises(SeqlvmError, match="no column 'sentence'"):
         prepare_text(f"hf:{folder}", tmp_path / "e", TextOptions(hf_text_column="sentence"))
 
 
 def test_builtin_shakespeare_is_real_text(shakespeare):
     manifest = json.loads((shakespeare / "manifest.json").read_text())
-    assert manifest["splits"]["train"]["sentences"] > 30000
+    assert manifest["splits"]["train"]["sequences"] > 30000
     vocab = Vocab.load(shakespeare / "vocab.json")
     assert {"lord", "king", "thou"} <= set(vocab.words)
 
@@ -119,7 +120,7 @@ def test_a_different_dataset_is_not_overwritten_without_asking(tmp_path):
     with pytest.raises(SeqlvmError, match="--overwrite"):
         prepare_text(str(other), out, TextOptions())
     manifest = prepare_text(str(other), out, TextOptions(valid_fraction=0, test_fraction=0), overwrite=True)
-    assert manifest["splits"]["train"]["sentences"] == 20
+    assert manifest["splits"]["train"]["sequences"] == 20
 
 
 def test_vocabulary_too_small_is_rejected(tmp_path):
@@ -168,10 +169,10 @@ def test_characters_in_fixed_length_fragments_cover_the_running_text(tmp_path):
     manifest = prepare_text(str(src), out, options)
     vocab = Vocab.load(out / "vocab.json")
     assert vocab.is_characters and " " in vocab.words and "T" not in vocab.words  # lowercased characters
-    fragments = [vocab.text(ids) for ids in read_split(out, "train")]
+    fragments = [vocab.text(ids) for ids in PreparedDataset.open(out).read("train")]
     assert all(len(f) == 7 for f in fragments)
     running = " ".join(" ".join(line.lower().split()) for line in lines)
-    assert manifest["splits"]["train"]["sentences"] == len(running) // 7
+    assert manifest["splits"]["train"]["sequences"] == len(running) // 7
     assert sorted(fragments) == sorted(running[i:i + 7] for i in range(0, len(running) - 6, 7))
 
 
@@ -181,7 +182,7 @@ def test_paragraph_layout_keeps_each_paragraph_one_sequence(tmp_path):
     prepare_text(str(src), out, TextOptions(layout="paragraphs", valid_fraction=0, test_fraction=0))
     vocab = Vocab.load(out / "vocab.json")
     assert not vocab.is_characters
-    assert sorted(vocab.text(ids) for ids in read_split(out, "train")) == [
+    assert sorted(vocab.text(ids) for ids in PreparedDataset.open(out).read("train")) == [
         "first one . still the first .", "second paragraph here ."]
 
 

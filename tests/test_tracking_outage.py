@@ -10,7 +10,7 @@ from collections import Counter
 import pytest
 
 from seqlvm import tracking
-from seqlvm.local_cluster import free_port, start_mlflow
+from seqlvm.cluster.local_cluster import free_port, start_mlflow
 from seqlvm.tracking import WORKER_HTTP_SETTINGS, MetricOutbox
 
 pytestmark = pytest.mark.timeout(180)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from seqlvm.config import TrainConfig
-from seqlvm.train_loop import all_weights_finite, apply_gradients
+from seqlvm.training.spec import TrainConfig
+from seqlvm.training.worker import all_weights_finite, apply_gradients
 
 
 def one_weight(value: float) -> tuple[torch.nn.Parameter, torch.optim.Optimizer]:

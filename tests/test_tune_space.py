@@ -6,11 +6,11 @@ import json
 import optuna
 import pytest
 
-from seqlvm.config import build_run_config
-from seqlvm.errors import SeqlvmError
+from pipelines.errors import SeqlvmError
 from seqlvm.evaluation import COLLAPSE_PENALTY, sweep_objective
-from seqlvm.models import MODELS, model_class
-from tune.space import SpaceSampler, as_overrides, default_space, parse_space
+from seqlvm.models import MODELS
+from seqlvm.training.spec import RunSpec
+from tune.space import SpaceSampler, default_space, parse_space
 from tune.summary import best_row
 from tune.sweep import SEARCHES, SweepRequest, make_sampler, sweep_space
 
@@ -22,6 +22,10 @@ SPACE = {
     "model.z_every_step": True,
 }
 
+
+
+def spec_of(model: str, max_steps: int) -> RunSpec:
+    return RunSpec.build(None, [f"train.max_steps={max_steps}"], model)
 
 def sample(space: dict, n: int, seed: int = 0) -> list[dict]:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -45,11 +49,11 @@ def test_conditional_dimensions_appear_only_under_their_condition():
         assert p["model.z_every_step"] is True
 
 
-def test_sampled_values_become_overrides_of_the_right_types():
+def test_sampled_values_set_the_spec_with_the_right_types():
     point = {"train.lr": 1e-05, "model.average_hidden": True, "train.kl_anneal": "linear", "model.latent_dim": 7}
-    run_config, model_config = build_run_config(model_class, None, as_overrides(point))
-    assert run_config.train.lr == 1e-05 and run_config.train.kl_anneal == "linear"
-    assert model_config.average_hidden is True and model_config.latent_dim == 7
+    run = RunSpec.build().with_values(point)
+    assert run.train.lr == 1e-05 and run.train.kl_anneal == "linear"
+    assert run.model.average_hidden is True and run.model.latent_dim == 7
 
 
 @pytest.mark.parametrize("spec, problem", [
@@ -69,10 +73,10 @@ def test_space_keys_are_checked_against_the_model_config(tmp_path):
     config = tmp_path / "sweep.yaml"
     config.write_text("train: {max_steps: 10}\ntune:\n  space:\n    model.no_such_key: {uniform: [0, 1]}\n")
     with pytest.raises(SeqlvmError, match="tune.space.model.no_such_key"):
-        sweep_space(SweepRequest(data_dir="unused", config_file=str(config)), 10, "sentence-vae")
+        sweep_space(SweepRequest(data_dir="unused", config_file=str(config)), spec_of("sentence-vae", 10))
     config.write_text("tune:\n  spaec: {}\n")
     with pytest.raises(SeqlvmError, match="unknown key tune.spaec"):
-        sweep_space(SweepRequest(data_dir="unused", config_file=str(config)), 10, "sentence-vae")
+        sweep_space(SweepRequest(data_dir="unused", config_file=str(config)), spec_of("sentence-vae", 10))
 
 
 def test_default_space_fits_each_model_and_scales_with_training_length():
@@ -86,11 +90,11 @@ def test_default_space_fits_each_model_and_scales_with_training_length():
     short, long = ({d.name: d for d in default_space(vae_fields, n)} for n in (100, 10_000))
     assert long["train.kl_anneal_midpoint"].high == 100 * short["train.kl_anneal_midpoint"].high
     for model in MODELS:  # every default is a valid key and value
-        dims, min_kl = sweep_space(SweepRequest(data_dir="unused", model_name=model), 500, model)
+        dims, min_kl = sweep_space(SweepRequest(data_dir="unused"), spec_of(model, 500))
         assert dims and min_kl == 0.0
-    srnn = {d.name for d in sweep_space(SweepRequest(data_dir="unused"), 500, "srnn")[0]}
+    srnn = {d.name for d in sweep_space(SweepRequest(data_dir="unused"), spec_of("srnn", 500))[0]}
     assert {"model.smoothing", "model.resq", "train.kl_anneal"} <= srnn and "model.conditional_prior" not in srnn
-    rnn = {d.name for d in sweep_space(SweepRequest(data_dir="unused"), 500, "rnn")[0]}
+    rnn = {d.name for d in sweep_space(SweepRequest(data_dir="unused"), spec_of("rnn", 500))[0]}
     assert not any("kl_" in name for name in rnn), "a model without a latent has nothing to anneal"
 
 
@@ -117,7 +121,7 @@ def test_each_search_proposes_valid_configurations_past_its_random_start(search)
     for i in range(5):
         trial = study.ask()
         params = propose.propose(trial)
-        build_run_config(model_class, None, as_overrides(params))
+        RunSpec.build().with_values(params)
         study.tell(trial, float(params["model.latent_dim"]))  # an objective the model can learn
         seen.append(params)
     assert len({json.dumps(p, sort_keys=True) for p in seen}) == 5

@@ -9,13 +9,26 @@ import numpy as np
 import pytest
 import torch
 
-from pipelines.stream import collate, read_split
-from pipelines.words import SOURCE, WordOptions, prepare_words, read_frequencies, read_words, wordlist_path
-from seqlvm.errors import SeqlvmError
+from pipelines.dataset import PreparedDataset
+from pipelines.errors import SeqlvmError
+from pipelines.stream import collate
+from pipelines.vocab import BOS_ID, EOS_ID, PAD_ID, Vocab
+from pipelines.words import (
+    SOURCE,
+    WordOptions,
+    prepare_words,
+    read_frequencies,
+    read_words,
+    wordlist_path,
+)
 from seqlvm.models.rnnlm import RNNLM, RNNLMConfig
-from seqlvm.vocab import BOS_ID, EOS_ID, PAD_ID, Vocab
-from seqlvm.word_metrics import (cross_entropy, in_vocabulary, oracle_train_metrics, word_log_probs,
-                                 word_task_metrics)
+from seqlvm.word_metrics import (
+    cross_entropy,
+    in_vocabulary,
+    oracle_train_metrics,
+    word_log_probs,
+    word_task_metrics,
+)
 
 SMALL = dict(vocab_size=500, corpus_tokens=5000)
 
@@ -39,7 +52,7 @@ def distributions(out):
 
 def split_words(out, split):
     vocab = Vocab.of_dataset(out)
-    return ["".join(vocab.decode(row)) for row in read_split(out, split)]
+    return ["".join(vocab.decode(row)) for row in PreparedDataset.open(out).read(split)]
 
 
 def tiny_gru_lm(vocab_size=30, seed=0):
@@ -75,7 +88,7 @@ def test_word_split_has_one_distribution_for_all_splits(word_split):
     _, p_train, p_test = distributions(out)
     assert (p_train > 0).all() and np.allclose(p_train, p_test)
     assert manifest["test_only_types"] == 0
-    test_share = manifest["splits"]["test"]["sentences"] / 5000
+    test_share = manifest["splits"]["test"]["sequences"] / 5000
     assert 0.07 < test_share < 0.13
 
 
@@ -99,7 +112,7 @@ def test_rows_are_vocabulary_words_drawn_by_frequency(word_split):
     rows = {s: split_words(out, s) for s in ("train", "valid", "test")}
     assert sum(len(r) for r in rows.values()) == 5000
     assert all(set(r) <= set(words) for r in rows.values())
-    assert manifest["splits"]["train"]["tokens"] == sum(len(w) for w in rows["train"])
+    assert manifest["splits"]["train"]["steps"] == sum(len(w) for w in rows["train"])
     counts = {w: 0 for w in words}
     for w in rows["train"]:
         counts[w] += 1
@@ -196,7 +209,7 @@ def test_rnnlm_cell_is_validated():
 
 def test_word_task_metrics_of_a_gru_lm(vocab_split):
     out, manifest = vocab_split
-    metrics = word_task_metrics(tiny_gru_lm(), out, num_generated=300)
+    metrics = word_task_metrics(tiny_gru_lm(), PreparedDataset.open(out), num_generated=300)
     # P-hat spreads mass over all strings, so its cross-entropy is at least the entropy (Gibbs).
     assert metrics["xent_train"] >= manifest["entropy_nats"]["train"]
     assert metrics["xent_test"] >= manifest["entropy_nats"]["test"]

@@ -14,11 +14,10 @@ File form (each value one of these; `when` makes a dimension conditional on an e
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from seqlvm.errors import SeqlvmError
+from pipelines.errors import SeqlvmError
 
 KINDS = ("choice", "uniform", "loguniform", "int")
 
@@ -48,7 +47,11 @@ class Dimension:
 
     def distribution(self):
         """The Optuna distribution (for parameter importances); None for a fixed value."""
-        from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+        from optuna.distributions import (
+            CategoricalDistribution,
+            FloatDistribution,
+            IntDistribution,
+        )
         if self.kind == "fixed":
             return None
         if self.kind == "choice":
@@ -81,11 +84,6 @@ class SpaceSampler:
         """Every value of a configuration, suggested and fixed, for callers that drive Optuna themselves."""
         fixed = self(trial) or {}  # suggesting fills trial.params, so call before reading them
         return {**trial.params, **fixed}
-
-
-def as_overrides(params: dict[str, Any]) -> list[str]:
-    """Sampled values as `key=value` config overrides (JSON values parse back to the same types)."""
-    return [f"{key}={json.dumps(value)}" for key, value in params.items()]
 
 
 def parse_dimension(name: str, spec: Any, source: str) -> Dimension:

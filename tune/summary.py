@@ -10,8 +10,8 @@ import re
 import tempfile
 from pathlib import Path
 
+from pipelines.errors import root_cause
 from seqlvm import tracking
-from seqlvm.training import root_cause
 from tune.space import Dimension
 
 TRIAL_ID = re.compile(r"_([0-9a-f]{5}_\d{5})(?:_|$)")

@@ -16,17 +16,25 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
+from pipelines.dataset import PreparedDataset
+from pipelines.errors import SeqlvmError, root_cause
 from pipelines.shards import absolute_location
-from seqlvm import registry, tracking
+from seqlvm import tracking
 from seqlvm.checkpoint import local_copy
-from seqlvm.config import build_run_config, load_config_file
-from seqlvm.errors import SeqlvmError
+from seqlvm.cluster.ray_runtime import ensure_ray
 from seqlvm.models import model_class
-from seqlvm.ray_runtime import ensure_ray
-from seqlvm.training import (TrainRequest, build_trainer, evaluate_checkpoint, load_inputs, open_run,
-                             root_cause)
+from seqlvm.tracking import registry
+from seqlvm.training import (
+    RunSpec,
+    TrainRequest,
+    build_trainer,
+    evaluate_checkpoint,
+    load_config_file,
+    open_run,
+    prepare_run,
+)
 from tune import summary
-from tune.space import Dimension, SpaceSampler, as_overrides, default_space, parse_space
+from tune.space import Dimension, SpaceSampler, default_space, parse_space
 
 SEARCHES = ("tpe", "gp", "random")
 SCHEDULERS = ("asha", "none")
@@ -75,22 +83,35 @@ class SweepResult:
 
 # ----------------------------------------------------------------------------------------------- the trial
 
-def run_trial(params: dict, context: dict) -> None:
-    """One trial: a training run with the sampled overrides, logged as a child of the sweep's MLflow run."""
+@dataclass
+class TrialContext:
+    """What every trial shares: the request and dataset of its training run, the sweep's base run spec (each
+    trial varies it with its sampled values), and where the sweep logs."""
+    request: TrainRequest
+    dataset: PreparedDataset
+    spec: RunSpec
+    tracking_uri: str
+    experiment_id: str
+    parent_run_id: str
+    sweep: str
+    train_storage: str
+
+
+def run_trial(params: dict, context: TrialContext) -> None:
+    """One trial: a training run of the sweep's spec with the sampled values, logged as a child of the sweep's
+    MLflow run."""
     from ray import tune as ray_tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
     trial_id = ray_tune.get_context().get_trial_id()
-    request = TrainRequest(**context["train_request"])
-    request.overrides += as_overrides(params)
+    spec = context.spec.with_values(params, source=f"trial {trial_id}")
     # A stable name per trial: a resumed sweep finds the same MLflow run and Train restores the same run.
-    run_name = f"{context['sweep']}-{trial_id}"
-    tags = {"mlflow.parentRunId": context["parent_run_id"], "seqlvm.sweep": context["sweep"],
+    run_name = f"{context.sweep}-{trial_id}"
+    tags = {"mlflow.parentRunId": context.parent_run_id, "seqlvm.sweep": context.sweep,
             "seqlvm.trial_id": trial_id, "seqlvm.sampled": json.dumps(params)}
-    _, _, payload = open_run(request, load_inputs(request), context["tracking_uri"], context["experiment_id"],
-                             run_name, tags)
-    payload["min_kl"] = context["min_kl"]
-    trainer = build_trainer(request, payload, trial_id, context["train_storage"],
+    _, _, task = open_run(context.request, context.dataset, spec, context.tracking_uri, context.experiment_id,
+                          run_name, tags)
+    trainer = build_trainer(context.request, context.dataset, task, trial_id, context.train_storage,
                             callbacks=[TuneReportCallback()])
     # The driver closes the MLflow run from Tune's verdict: a trial stopped by the scheduler ends inside fit()
     # with an exception that is not a failure.
@@ -101,23 +122,21 @@ def run_trial(params: dict, context: dict) -> None:
 
 # ------------------------------------------------------------------------------------------ configuration
 
-def sweep_space(request: SweepRequest, max_steps: int, model_name: str) -> tuple[list[Dimension], float]:
-    """The dimensions (the file's `tune.space`, else the defaults for `model_name`) and the minimum KL, each
-    checked by building a run config with it."""
-    config = load_config_file(request.config_file)
-    raw = config.get("tune") or {}
+def sweep_space(request: SweepRequest, spec: RunSpec) -> tuple[list[Dimension], float]:
+    """The dimensions (the file's `tune.space`, else the defaults for the spec's model) and the minimum KL, each
+    dimension checked by setting it in the spec."""
+    raw = load_config_file(request.config_file).get("tune") or {}
     source = request.config_file or "defaults"
     unknown = set(raw) - {"space", "min_kl"}
     if unknown:
         raise SeqlvmError(f"{source}: unknown key tune.{sorted(unknown)[0]} (known: space, min_kl)")
-    model = model_class(model_name)
+    model = model_class(spec.model_name)
     model_fields = {f.name for f in dataclasses.fields(model.config_class)}
     dims = (parse_space(raw["space"], source) if raw.get("space")
-            else default_space(model_fields, max_steps, model.has_latent))
+            else default_space(model_fields, spec.train.max_steps, model.has_latent))
     for dim in dims:
         try:
-            build_run_config(model_class, request.config_file,
-                             request.overrides + as_overrides({dim.name: dim.representative()}), model_name)
+            spec.with_values({dim.name: dim.representative()})
         except SeqlvmError as exc:
             raise SeqlvmError(f"{source}: tune.space.{dim.name}: {exc}") from None
     min_kl = request.min_kl if request.min_kl is not None else float(raw.get("min_kl", 0.0))
@@ -171,12 +190,6 @@ def concurrency(request: SweepRequest) -> int:
     return int(max(1, min(request.num_samples, (cluster_cpus - DATA_CPUS) // trial_cpus)))
 
 
-def config_as_overrides(run_config) -> list[str]:
-    values = {f"model.{key}": value for key, value in run_config.model.items()}
-    values.update({f"train.{key}": value for key, value in dataclasses.asdict(run_config.train).items()})
-    return as_overrides(values)
-
-
 def sweep_folder(workdir: str, name: str) -> Path:
     return Path(workdir).absolute() / "tune" / name
 
@@ -217,15 +230,17 @@ def run_sweep(request: SweepRequest, resume: bool = False, console=None) -> Swee
         request = dataclasses.replace(request, data_dir=absolute_location(request.data_dir),
                                       config_file=request.config_file and str(Path(request.config_file).absolute()))
     check_request(request)
-    manifest, _, run_config = load_inputs(request.train_request())
-    max_steps = run_config.train.max_steps
+    trial_request = request.train_request()
+    dataset, spec = prepare_run(trial_request)
+    max_steps = spec.train.max_steps
     if max_steps is None:
         raise SeqlvmError("a sweep needs a training length: set train.max_steps in the config or --max-steps")
-    dims, min_kl = sweep_space(request, max_steps, run_config.model_name)
+    dims, min_kl = sweep_space(request, spec)
+    spec = spec.with_values({"train.min_kl": min_kl})
     if request.register:
         registry.check_model_code()
 
-    name = request.name or f"sweep-{run_config.model_name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    name = request.name or f"sweep-{spec.model_name}-{time.strftime('%Y%m%d-%H%M%S')}"
     request = dataclasses.replace(request, name=name)
     folder = sweep_folder(request.workdir, name)
     if not resume and folder.exists():
@@ -236,8 +251,8 @@ def run_sweep(request: SweepRequest, resume: bool = False, console=None) -> Swee
     tracking.check_reachable(tracking_uri)
     experiment_id = tracking.ensure_experiment(tracking_uri, request.experiment, workdir)
     parent_run_id, _ = tracking.start_or_resume_run(tracking_uri, experiment_id, name, {
-        "seqlvm.kind": "sweep", "seqlvm.model": run_config.model_name,
-        "seqlvm.data_source": manifest.get("source", ""), "seqlvm.data_fingerprint": manifest.get("fingerprint", "")})
+        "seqlvm.kind": "sweep", "seqlvm.model": spec.model_name, "seqlvm.data_source": dataset.source,
+        "seqlvm.data_fingerprint": dataset.fingerprint})
     tracking.log_params(tracking_uri, parent_run_id, {
         "search": request.search, "scheduler": request.scheduler, "num_samples": request.num_samples,
         "seed": request.seed, "min_kl": min_kl, "workers": request.workers, "max_steps": max_steps,
@@ -250,14 +265,10 @@ def run_sweep(request: SweepRequest, resume: bool = False, console=None) -> Swee
                       f"(MLflow run {parent_run_id}, {tracking_uri})")
 
     ensure_ray(request.workers * request.cpus_per_worker, request.address)
-    # Trials get the base config as overrides, so they need no access to the config file.
-    trial_request = dataclasses.replace(request.train_request(), config_file=None, overrides=config_as_overrides(run_config),
-                                        model_name=run_config.model_name, max_steps=None)
-    context = {"train_request": dataclasses.asdict(trial_request), "tracking_uri": tracking_uri,
-               "experiment_id": experiment_id, "parent_run_id": parent_run_id, "sweep": name, "min_kl": min_kl,
-               "train_storage": f"{tune_storage(request)}/{name}/train"}
+    context = TrialContext(trial_request, dataset, spec, tracking_uri, experiment_id, parent_run_id, name,
+                           f"{tune_storage(request)}/{name}/train")
     try:
-        results = build_tuner(request, dims, context, max_steps, run_config.train.eval_every, resume).fit()
+        results = build_tuner(request, dims, context, max_steps, spec.train.eval_every, resume).fit()
     except Exception as exc:
         tracking.client(tracking_uri).set_terminated(parent_run_id, status="FAILED")
         raise SeqlvmError(f"sweep {name} failed: {root_cause(exc)}") from exc
@@ -276,7 +287,7 @@ def run_sweep(request: SweepRequest, resume: bool = False, console=None) -> Swee
         raise SeqlvmError(f"sweep {name}: no trial produced a checkpoint (see the trial errors above)")
     if request.register:
         try:
-            register_best(request, result, manifest, run_config.model_name, min_kl, console)
+            register_best(request, result, dataset, spec.model_name, min_kl, console)
         except Exception as exc:
             tracking.client(tracking_uri).set_terminated(parent_run_id, status="FAILED")
             raise SeqlvmError(f"sweep {name}: its trials finished, but registering the best checkpoint "
@@ -285,7 +296,7 @@ def run_sweep(request: SweepRequest, resume: bool = False, console=None) -> Swee
     return result
 
 
-def build_tuner(request: SweepRequest, dims: list[Dimension], context: dict, max_steps: int, eval_every: int,
+def build_tuner(request: SweepRequest, dims: list[Dimension], context: TrialContext, max_steps: int, eval_every: int,
                 resume: bool):
     from ray import tune as ray_tune
 
@@ -311,13 +322,13 @@ def tune_storage(request: SweepRequest) -> str:
     return f"{request.storage.rstrip('/')}/tune" if request.storage else str(Path(request.workdir).absolute() / "tune")
 
 
-def register_best(request: SweepRequest, result: SweepResult, manifest: dict, model_name: str, min_kl: float,
+def register_best(request: SweepRequest, result: SweepResult, dataset: PreparedDataset, model_name: str, min_kl: float,
                   console=None) -> None:
     """Evaluate the best trial's checkpoint on the whole validation and test splits, register it, and move
     the champion alias if it wins. Skipped when a resumed sweep had registered already."""
     client = tracking.client(result.tracking_uri)
     parent = client.get_run(result.parent_run_id)
-    name = request.registered_name or registry.default_registered_name(model_name, manifest.get("source", "data"))
+    name = request.registered_name or registry.default_registered_name(model_name, dataset.source or "data")
     result.registered_name = name
     if "seqlvm.registered_version" in parent.data.tags:
         result.version = parent.data.tags["seqlvm.registered_version"]
@@ -330,13 +341,13 @@ def register_best(request: SweepRequest, result: SweepResult, manifest: dict, mo
     valid = evaluate_checkpoint(str(checkpoint), request.data_dir, "valid", iw_samples=request.iw_samples)
     test = evaluate_checkpoint(str(checkpoint), request.data_dir, "test", iw_samples=request.iw_samples)
     tags = {"seqlvm.sweep": result.name, "seqlvm.trial_id": best["trial"], "seqlvm.model": model_name,
-            "seqlvm.data_source": manifest.get("source", ""), "seqlvm.data_fingerprint": manifest.get("fingerprint", ""),
+            "seqlvm.data_source": dataset.source, "seqlvm.data_fingerprint": dataset.fingerprint,
             "seqlvm.min_kl": min_kl, "seqlvm.params": json.dumps(best["params"]),
             **{f"valid.{k}": _fmt(v) for k, v in valid.items()}, **{f"test.{k}": _fmt(v) for k, v in test.items()}}
     result.version = registry.register_checkpoint(result.tracking_uri, best["run_id"], checkpoint, name, tags,
-                                                  manifest)
+                                                  dataset.manifest)
     result.decision = registry.promote_if_better(client, name, result.version, valid["nll_bound"],
-                                                 manifest.get("fingerprint", ""), usable=valid["kl"] >= min_kl)
+                                                 dataset.fingerprint, usable=valid["kl"] >= min_kl)
     client.set_tag(result.parent_run_id, "seqlvm.registered_version", result.version)
     client.set_tag(result.parent_run_id, "seqlvm.registered_name", name)
     tracking.MetricLogger(result.tracking_uri, result.parent_run_id).log(

@@ -1,13 +1,19 @@
 """Model registry: configs, the CLI and checkpoints refer to models by name."""
 from __future__ import annotations
 
-from seqlvm.errors import SeqlvmError
-from seqlvm.models.base import FRAME_MODALITIES, ModelOutput, SequenceModel
+from pipelines.errors import SeqlvmError
+from seqlvm.models.base import (
+    FRAME_MODALITIES,
+    FrameModel,
+    ModelOutput,
+    SequenceModel,
+    TextModel,
+)
 from seqlvm.models.dssm import DSSM
-from seqlvm.models.frame_rnn import FrameRNN
 from seqlvm.models.hybrid_vae import HybridVAE
 from seqlvm.models.nasmc import NASMC
 from seqlvm.models.nvdm import NVDM
+from seqlvm.models.rnn import FrameRNN
 from seqlvm.models.rnnlm import RNNLM
 from seqlvm.models.sentence_vae import SentenceVAE
 from seqlvm.models.srnn import SRNN
@@ -33,9 +39,22 @@ def check_modality(name: str, modality: str | None, source: str) -> None:
                           + (f" (models that do: {', '.join(fitting)})" if fitting else ""))
 
 
-def build_model(name: str, config: dict, vocab_size: int) -> SequenceModel:
+def build_model(name: str, config: dict, size: int) -> SequenceModel:
+    """Model `name` from its config fields and input size: the vocabulary size of a text model, the frame
+    dimension of a frame model."""
     cls = model_class(name)
-    return cls(cls.config_class(**config), vocab_size)
+    return cls(cls.config_class(**config), size)
 
 
-__all__ = ["FRAME_MODALITIES", "MODELS", "ModelOutput", "SequenceModel", "build_model", "check_modality", "model_class"]
+def build_model_from_args(args: dict) -> SequenceModel:
+    """The model described by `constructor_args()` output, also as written before frame models had their own
+    size argument (a frame model's frame dimension stored as "vocab_size")."""
+    cls = model_class(args["name"])
+    size = args.get(cls.size_arg, args.get("vocab_size"))
+    if size is None:
+        raise SeqlvmError(f"model {args['name']!r}: the checkpoint holds no {cls.size_arg}")
+    return build_model(args["name"], args["config"], size)
+
+
+__all__ = ["FRAME_MODALITIES", "MODELS", "FrameModel", "ModelOutput", "SequenceModel", "TextModel", "build_model",
+           "build_model_from_args", "check_modality", "model_class"]

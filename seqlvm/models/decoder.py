@@ -1,5 +1,5 @@
 """The recurrent language-model decoder shared by the sentence VAE and its RNNLM baseline: an LSTM, or a GRU
-(the baseline of Schmidt & Hofmann 2018).
+(the baseline of Schmidt & Hofmann 2018); and the word dropout of a decoder's inputs (the hybrid VAE's too).
 
 With a latent z, z sets the initial hidden state (LSTM cell state zero, as in Kruengkrai 2019) and can also be
 concatenated to every step's input embedding. Without one, it is a plain RNN language model.
@@ -10,9 +10,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from seqlvm.vocab import BOS_ID, EOS_ID, PAD_ID
+from pipelines.vocab import BOS_ID, EOS_ID, PAD_ID, UNK_ID
+from seqlvm.objectives import word_dropout
 
 RNN_CELLS = {"lstm": nn.LSTM, "gru": nn.GRU}
+
+
+def decoder_inputs(batch: dict[str, torch.Tensor], keep_rate: float, training: bool) -> torch.Tensor:
+    """A batch's `inputs` (<s> x_1 .. x_{T-1}), in training with word dropout (never on <s> or padding)."""
+    inputs = batch["inputs"]
+    if not training:
+        return inputs
+    return word_dropout(inputs, keep_rate, UNK_ID, protected=(inputs == BOS_ID) | (inputs == PAD_ID))
 
 
 class RNNDecoder(nn.Module):

@@ -47,12 +47,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from seqlvm.errors import SeqlvmError
-from seqlvm.models.base import ModelOutput, SequenceModel, step_mask
+from pipelines.errors import SeqlvmError
+from pipelines.vocab import BOS_ID, EOS_ID, PAD_ID
+from seqlvm.models.base import ModelOutput, TextModel, step_mask
 from seqlvm.models.flows import FlowStack, build_flow, parse_flow
 from seqlvm.models.heads import gaussian_parameters
 from seqlvm.objectives import log_normal
-from seqlvm.vocab import BOS_ID, EOS_ID, PAD_ID
 
 
 @dataclass
@@ -146,11 +146,12 @@ def entropy(log_probs: torch.Tensor) -> torch.Tensor:
     return -(log_probs.exp() * log_probs).sum(-1)
 
 
-class DSSM(SequenceModel):
+class DSSM(TextModel):
     """Non-autoregressive deep state-space model with flow transitions (Schmidt & Hofmann 2018)."""
 
     name = "dssm"
     config_class = DSSMConfig
+    has_mutual_information = True
 
     @property
     def particles_per_sample(self) -> int:
@@ -243,7 +244,7 @@ class DSSM(SequenceModel):
         kl = -terms.log_marginal - terms.recon
         return ModelOutput(-terms.objective.mean(), {
             "recon": terms.recon.sum().detach(), "kl": kl.sum().detach(),
-            "sentences": torch.tensor(float(terms.recon.size(0))), "tokens": batch["lengths"].sum().float()})
+            "sequences": torch.tensor(float(terms.recon.size(0))), "steps": batch["lengths"].sum().float()})
 
     def log_importance_weights(self, batch: dict[str, torch.Tensor], num_samples: int) -> torch.Tensor:
         """(num_samples, B) log-estimates of P(w), each an independent run of the K-particle filter."""
@@ -278,7 +279,7 @@ class DSSM(SequenceModel):
         return torch.logsumexp(log_estimates, 0) - math.log(num_samples)
 
     @torch.no_grad()
-    def sample_prior(self, num: int, greedy: bool = True, max_len: int = 40, temperature: float = 1.0):
+    def sample_prior(self, num: int, greedy: bool = True, max_len: int = 40, temperature: float = 1.0) -> torch.Tensor:
         """(num, <=max_len) character ids: noise -> states -> characters, each row stopping at </s>.
         `greedy` takes the most likely character of each state (the noise still varies the word)."""
         state = self.initial_state.expand(num, -1)

@@ -21,7 +21,7 @@ import re
 import torch
 from torch import nn
 
-from seqlvm.errors import SeqlvmError
+from pipelines.errors import SeqlvmError
 
 COUPLING_HIDDEN = 8  # "two internal hidden layers of size 8 each" (Section 5.2)
 LAYER_PATTERN = re.compile(r"^(?:(\d+)x)?(tril|diag|id|realnvp|nvp\d+)$")

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from seqlvm.errors import SeqlvmError
+from pipelines.errors import SeqlvmError
 from seqlvm.objectives import LOG_2PI
 
 MIN_LOGVAR, MAX_LOGVAR = -10.0, 10.0  # keeps exp(logvar) finite early in training

@@ -32,12 +32,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from seqlvm.errors import SeqlvmError
-from seqlvm.models.base import ModelOutput, SequenceModel
+from pipelines.errors import SeqlvmError
+from pipelines.vocab import BOS_ID, EOS_ID, PAD_ID
+from seqlvm.models.base import ModelOutput, TextModel
+from seqlvm.models.decoder import decoder_inputs
 from seqlvm.models.heads import gaussian_parameters
-from seqlvm.models.sentence_vae import decoder_inputs
 from seqlvm.objectives import gaussian_kl, log_normal
-from seqlvm.vocab import BOS_ID, EOS_ID, PAD_ID
 
 LANGUAGE_MODELS = ("lstm", "bytenet", "none")
 
@@ -175,12 +175,13 @@ class ByteNetHistory(nn.Module):
         return self(inputs)[:, -1], state
 
 
-class HybridVAE(SequenceModel):
+class HybridVAE(TextModel):
     """Convolutional encoder, deconvolutional decoder and an LSTM or ByteNet language model on top, trained
     with the auxiliary historyless reconstruction (Semeniuta et al. 2017)."""
 
     name = "hybrid-vae"
     config_class = HybridVAEConfig
+    has_global_latent = True
 
     def __init__(self, config: HybridVAEConfig, vocab_size: int):
         super().__init__(config, vocab_size)
@@ -246,8 +247,8 @@ class HybridVAE(SequenceModel):
         kl = gaussian_kl(mu, logvar)
         loss = (recon + kl_weight * kl + self._aux_weight() * aux).mean()
         return ModelOutput(loss, {"recon": recon.sum().detach(), "kl": kl.sum().detach(),
-                                  "sentences": torch.tensor(float(mu.size(0))),
-                                  "tokens": (targets != PAD_ID).sum().float(), "aux": aux.sum().detach()})
+                                  "sequences": torch.tensor(float(mu.size(0))),
+                                  "steps": (targets != PAD_ID).sum().float(), "aux": aux.sum().detach()})
 
     def log_importance_weights(self, batch: dict[str, torch.Tensor], num_samples: int) -> torch.Tensor:
         targets = batch["targets"]
@@ -266,7 +267,7 @@ class HybridVAE(SequenceModel):
         return self.classifier(hidden), state
 
     @torch.no_grad()
-    def decode(self, z: torch.Tensor, greedy: bool = True, max_len: int = 40, temperature: float = 1.0):
+    def decode(self, z: torch.Tensor, greedy: bool = True, max_len: int = 40, temperature: float = 1.0) -> torch.Tensor:
         """Texts from z (N, latent): (N, <= max_len) ids ending in </s> then padding; at most max_length + 1
         tokens, the longest the deconvolution produces."""
         steps = min(max_len, self.max_steps)
@@ -287,6 +288,6 @@ class HybridVAE(SequenceModel):
         return torch.stack(out, dim=1)
 
     @torch.no_grad()
-    def sample_prior(self, num: int, greedy: bool = True, max_len: int = 40, temperature: float = 1.0):
+    def sample_prior(self, num: int, greedy: bool = True, max_len: int = 40, temperature: float = 1.0) -> torch.Tensor:
         z = torch.randn(num, self.config.latent_dim, device=self.aux_classifier.weight.device)
         return self.decode(z, greedy, max_len, temperature)

@@ -54,10 +54,10 @@ import torch
 from torch import distributions as D
 from torch import nn
 
-from seqlvm.errors import SeqlvmError
-from seqlvm.models.base import FRAME_MODALITIES, ModelOutput, SequenceModel, step_mask
+from pipelines.errors import SeqlvmError
+from seqlvm.models.base import FrameModel, ModelOutput, step_mask
 from seqlvm.models.heads import build_head, check_output, gaussian_parameters, mlp
-from seqlvm.models.vrnn import ancestral_frames
+from seqlvm.models.latent_rnn import ancestral_frames
 
 RESAMPLING = ("multinomial", "systematic")
 
@@ -263,19 +263,18 @@ class MixtureDensityLSTM(nn.Module):
 
 # ------------------------------------------------------------------------------------- the LV-RNN with NASMC
 
-class NASMC(SequenceModel):
+class NASMC(FrameModel):
     """A latent variable RNN over frames, trained and evaluated by SMC with an adapted LSTM-MDN proposal."""
 
     name = "nasmc"
     config_class = NASMCConfig
-    modalities = FRAME_MODALITIES
 
     @property
     def particles_per_sample(self) -> int:
         return self.config.particles
 
     def __init__(self, config: NASMCConfig, frame_dim: int):
-        super().__init__(config, frame_dim)  # frame_dim in the vocabulary-size slot, as for the VRNN
+        super().__init__(config, frame_dim)
         c = config
         self.phi_x = mlp(frame_dim, c.feature_dim, 1)
         self.phi_z = mlp(c.latent_dim, c.feature_dim, 1)
@@ -309,7 +308,7 @@ class NASMC(SequenceModel):
         x = x.unsqueeze(1).expand(-1, particles, -1)
         features_x = features_x.unsqueeze(1).expand(-1, particles, -1)
         h, c = state["h"], state["c"]
-        mu_p, logvar_p = self._prior(h)
+        mu_p, logvar_p = self.prior_parameters(h)
         prior = diagonal_gaussian(mu_p, logvar_p)
         q, proposal_state = self._propose(state, x, mu_p, logvar_p)
         z = (prior if q is None else q).sample()  # no gradient: the samples are constants of both updates
@@ -340,7 +339,7 @@ class NASMC(SequenceModel):
         loss = nll.mean() + (result.proposal_loss.mean() if self.proposal is not None else 0.0)
         mean_ess = (result.ess * mask).sum(1) / mask.sum(1).clamp(min=1)
         return ModelOutput(loss, {"recon": nll.sum().detach(), "kl": frames.new_zeros(()),
-                                  "sentences": torch.tensor(float(frames.size(0))), "tokens": mask.sum(),
+                                  "sequences": torch.tensor(float(frames.size(0))), "steps": mask.sum(),
                                   "ess": mean_ess.sum()})
 
     @torch.no_grad()
@@ -351,7 +350,7 @@ class NASMC(SequenceModel):
         result = self.sweep(frames.repeat(num_samples, 1, 1), lengths.repeat(num_samples))
         return result.log_marginal.view(num_samples, frames.size(0))
 
-    def _prior(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def prior_parameters(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return gaussian_parameters(self.phi_prior(h))
 
     @torch.no_grad()

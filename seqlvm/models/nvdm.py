@@ -16,7 +16,7 @@ Choices beyond the excerpt we have (paper text and our own):
   holds the vocabulary's words only: <pad>, <s> and </s> never enter it (NVDM models no word order, hence
   no end of document), and neither does <unk> unless `include_unknown` is set, as the paper's corpora keep
   only the words of a fixed vocabulary (2000 for 20News, 10000 for RCV1). The softmax runs over exactly
-  these words, and totals["tokens"] counts them, so ppl = exp(sum of bounds / sum of N_d).
+  these words, and totals["steps"] counts them, so ppl = exp(sum of bounds / sum of N_d).
 - The excerpt we work from lacks §3's inference network and §5.1's set-up: an MLP on the raw counts of
   `encoder_layers` (2) layers of 500 rectifier units is our recollection of the paper; tanh is an option.
 - The paper updates the generative model and the inference network alternately, each with the other fixed;
@@ -32,11 +32,11 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from seqlvm.errors import SeqlvmError
-from seqlvm.models.base import ModelOutput, SequenceModel
+from pipelines.errors import SeqlvmError
+from pipelines.vocab import BOS_ID, EOS_ID, PAD_ID, UNK_ID
+from seqlvm.models.base import ModelOutput, TextModel
 from seqlvm.models.heads import gaussian_parameters
 from seqlvm.objectives import gaussian_kl, log_normal
-from seqlvm.vocab import BOS_ID, EOS_ID, PAD_ID, UNK_ID
 
 ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh}
 
@@ -71,11 +71,12 @@ def encoder_mlp(in_dim: int, hidden: int, layers: int, activation: str) -> nn.Se
     return nn.Sequential(*modules)
 
 
-class NVDM(SequenceModel):
+class NVDM(TextModel):
     """Neural variational document model (Miao et al. 2016): MLP encoder, Gaussian latent, softmax over words."""
 
     name = "nvdm"
     config_class = NVDMConfig
+    has_global_latent = True
 
     def __init__(self, config: NVDMConfig, vocab_size: int):
         super().__init__(config, vocab_size)
@@ -119,8 +120,9 @@ class NVDM(SequenceModel):
         recon, kl = terms["recon"], terms["kl"]
         loss = (recon + kl_weight * kl).mean()
         return ModelOutput(loss, {"recon": recon.sum().detach(), "kl": kl.sum().detach(),
-                                  "sentences": torch.tensor(float(recon.size(0))),
-                                  "tokens": terms["words"].sum().detach()})
+                                  "sequences": torch.tensor(float(recon.size(0))),
+                                  # No word order, so no steps: the modelled words stand in for them.
+                                  "steps": terms["words"].sum().detach()})
 
     def log_importance_weights(self, batch: dict[str, torch.Tensor], num_samples: int) -> torch.Tensor:
         counts = self.word_counts(batch)
@@ -129,7 +131,7 @@ class NVDM(SequenceModel):
         return log_normal(h) - log_normal(h, mu, logvar) - self.reconstruction_nll(h, counts)
 
     @torch.no_grad()
-    def decode(self, z: torch.Tensor, greedy: bool = True, max_len: int = 40, temperature: float = 1.0):
+    def decode(self, z: torch.Tensor, greedy: bool = True, max_len: int = 40, temperature: float = 1.0) -> torch.Tensor:
         """A "document" per latent: its max_len - 1 most likely words (greedy, each once) or as many words drawn
         with replacement from p(x | h) sharpened by the temperature, then </s>: (num, <= max_len) ids."""
         logits = self.decoder(z).float()
@@ -144,6 +146,6 @@ class NVDM(SequenceModel):
         return torch.cat([self.word_ids[picks], eos], dim=1)
 
     @torch.no_grad()
-    def sample_prior(self, num: int, greedy: bool = True, max_len: int = 40, temperature: float = 1.0):
+    def sample_prior(self, num: int, greedy: bool = True, max_len: int = 40, temperature: float = 1.0) -> torch.Tensor:
         h = torch.randn(num, self.config.latent_dim, device=self.decoder.weight.device)
         return self.decode(h, greedy, max_len, temperature)

@@ -7,11 +7,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from seqlvm.errors import SeqlvmError
-from seqlvm.models.base import ModelOutput, SequenceModel
-from seqlvm.models.decoder import RNN_CELLS, RNNDecoder
-from seqlvm.models.sentence_vae import decoder_inputs
-from seqlvm.vocab import PAD_ID
+from pipelines.errors import SeqlvmError
+from pipelines.vocab import PAD_ID
+from seqlvm.models.base import ModelOutput, TextModel
+from seqlvm.models.decoder import RNN_CELLS, RNNDecoder, decoder_inputs
 
 
 @dataclass
@@ -31,7 +30,7 @@ class RNNLMConfig:
             raise SeqlvmError(f"model.cell must be {' or '.join(RNN_CELLS)}, got {self.cell!r}")
 
 
-class RNNLM(SequenceModel):
+class RNNLM(TextModel):
     """LSTM (or GRU) language model: the sentence VAE's decoder without a latent (the baseline of Bowman et al.)."""
 
     name = "rnnlm"
@@ -50,12 +49,12 @@ class RNNLM(SequenceModel):
     def forward(self, batch: dict[str, torch.Tensor], kl_weight: float = 1.0) -> ModelOutput:
         nll = self._nll(decoder_inputs(batch, self.config.word_keep_rate, self.training), batch["targets"])
         return ModelOutput(nll.mean(), {"recon": nll.sum().detach(), "kl": torch.zeros(()),
-                                        "sentences": torch.tensor(float(nll.size(0))),
-                                        "tokens": (batch["targets"] != PAD_ID).sum().float()})
+                                        "sequences": torch.tensor(float(nll.size(0))),
+                                        "steps": (batch["targets"] != PAD_ID).sum().float()})
 
     def log_importance_weights(self, batch: dict[str, torch.Tensor], num_samples: int) -> torch.Tensor:
         return -self._nll(batch["inputs"], batch["targets"]).unsqueeze(0)
 
     @torch.no_grad()
-    def sample_prior(self, num: int, greedy: bool = True, max_len: int = 40, temperature: float = 1.0):
+    def sample_prior(self, num: int, greedy: bool = True, max_len: int = 40, temperature: float = 1.0) -> torch.Tensor:
         return self.decoder.generate(None, num, max_len, greedy, temperature)

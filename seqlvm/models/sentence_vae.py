@@ -15,11 +15,11 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from seqlvm.models.base import ModelOutput, SequenceModel
-from seqlvm.models.decoder import RNNDecoder
-from seqlvm.objectives import gaussian_kl, log_normal, word_dropout
-from seqlvm.errors import SeqlvmError
-from seqlvm.vocab import BOS_ID, PAD_ID, UNK_ID
+from pipelines.errors import SeqlvmError
+from pipelines.vocab import PAD_ID
+from seqlvm.models.base import ModelOutput, TextModel
+from seqlvm.models.decoder import RNNDecoder, decoder_inputs
+from seqlvm.objectives import gaussian_kl, log_normal
 
 
 @dataclass
@@ -42,18 +42,12 @@ class SentenceVAEConfig:
             raise SeqlvmError("model.latent_samples and model.latent_dim must be at least 1")
 
 
-def decoder_inputs(batch: dict[str, torch.Tensor], keep_rate: float, training: bool) -> torch.Tensor:
-    inputs = batch["inputs"]
-    if not training:
-        return inputs
-    return word_dropout(inputs, keep_rate, UNK_ID, protected=(inputs == BOS_ID) | (inputs == PAD_ID))
-
-
-class SentenceVAE(SequenceModel):
+class SentenceVAE(TextModel):
     """LSTM sentence VAE (Bowman et al. 2016), optionally multi-sample / hidden-state averaging (LSTM-VAE-AVG)."""
 
     name = "sentence-vae"
     config_class = SentenceVAEConfig
+    has_global_latent = True
 
     def __init__(self, config: SentenceVAEConfig, vocab_size: int):
         super().__init__(config, vocab_size)
@@ -96,8 +90,8 @@ class SentenceVAE(SequenceModel):
         kl = gaussian_kl(mu, logvar)
         loss = (recon + kl_weight * kl).mean()
         return ModelOutput(loss, {"recon": recon.sum().detach(), "kl": kl.sum().detach(),
-                                  "sentences": torch.tensor(float(mu.size(0))),
-                                  "tokens": (batch["targets"] != PAD_ID).sum().float()})
+                                  "sequences": torch.tensor(float(mu.size(0))),
+                                  "steps": (batch["targets"] != PAD_ID).sum().float()})
 
     def log_importance_weights(self, batch: dict[str, torch.Tensor], num_samples: int) -> torch.Tensor:
         # With hidden averaging the decoder conditions on `group` latents at once, so one importance sample
@@ -110,10 +104,10 @@ class SentenceVAE(SequenceModel):
         return log_ratio - self.reconstruction_nll(z, batch["inputs"], batch["targets"], group)
 
     @torch.no_grad()
-    def sample_prior(self, num: int, greedy: bool = True, max_len: int = 40, temperature: float = 1.0):
+    def sample_prior(self, num: int, greedy: bool = True, max_len: int = 40, temperature: float = 1.0) -> torch.Tensor:
         z = torch.randn(num, self.config.latent_dim, device=self.embedding.weight.device)
         return self.decoder.generate(z, num, max_len, greedy, temperature)
 
     @torch.no_grad()
-    def decode(self, z: torch.Tensor, greedy: bool = True, max_len: int = 40, temperature: float = 1.0):
+    def decode(self, z: torch.Tensor, greedy: bool = True, max_len: int = 40, temperature: float = 1.0) -> torch.Tensor:
         return self.decoder.generate(z, z.size(0), max_len, greedy, temperature)

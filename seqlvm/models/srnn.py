@@ -16,8 +16,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from seqlvm.errors import SeqlvmError
-from seqlvm.models.base import FRAME_MODALITIES, ModelOutput, SequenceModel, frame_totals, step_mask
+from pipelines.errors import SeqlvmError
+from seqlvm.models.base import FrameModel, ModelOutput, frame_totals, step_mask
 from seqlvm.models.heads import build_head, check_output, gaussian_parameters, mlp
 from seqlvm.objectives import gaussian_kl_between, log_normal
 
@@ -43,15 +43,14 @@ def gaussian_params(in_dim: int, hidden: int, latent: int) -> nn.Sequential:
     return nn.Sequential(mlp(in_dim, hidden, 2), nn.Linear(hidden, 2 * latent))
 
 
-class SRNN(SequenceModel):
+class SRNN(FrameModel):
     """Stochastic RNN (Fraccaro et al. 2016): GRU + Markov latent layer, smoothing or filtering, Resq."""
 
     name = "srnn"
     config_class = SRNNConfig
-    modalities = FRAME_MODALITIES
 
     def __init__(self, config: SRNNConfig, frame_dim: int):
-        super().__init__(config, frame_dim)  # frame_dim in the vocabulary-size slot, as for the VRNN
+        super().__init__(config, frame_dim)
         c = config
         self.forward_rnn = nn.GRU(frame_dim, c.hidden_dim, batch_first=True)
         self.prior = gaussian_params(c.latent_dim + c.hidden_dim, c.feature_dim, c.latent_dim)
@@ -112,7 +111,7 @@ class SRNN(SequenceModel):
         weight = self.forward_rnn.weight_hh_l0
         h = weight.new_zeros(1, num, self.config.hidden_dim)
         z = weight.new_zeros(num, self.config.latent_dim)
-        x = weight.new_zeros(num, 1, self.vocab_size)
+        x = weight.new_zeros(num, 1, self.frame_dim)
         frames = []
         for _ in range(steps):
             d, h = self.forward_rnn(x, h)

@@ -16,9 +16,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from seqlvm.errors import SeqlvmError
-from seqlvm.models.base import FRAME_MODALITIES, ModelOutput, SequenceModel, frame_totals, step_mask
+from pipelines.errors import SeqlvmError
+from seqlvm.models.base import FrameModel, ModelOutput, frame_totals, step_mask
 from seqlvm.models.heads import build_head, check_output, gaussian_parameters, mlp
+from seqlvm.models.latent_rnn import ancestral_frames
 from seqlvm.objectives import gaussian_kl_between, log_normal
 
 
@@ -41,15 +42,13 @@ class VRNNConfig:
                               "must be at least 1")
 
 
-class VRNN(SequenceModel):
+class VRNN(FrameModel):
     """Variational RNN (Chung et al. 2015): VRNN-Gauss, VRNN-GMM, VRNN-I; Bernoulli and pen-stroke outputs too."""
 
     name = "vrnn"
     config_class = VRNNConfig
-    modalities = FRAME_MODALITIES
 
     def __init__(self, config: VRNNConfig, frame_dim: int):
-        # `frame_dim` fills the base class's vocabulary-size slot: the size of one frame.
         super().__init__(config, frame_dim)
         c = config
         self.phi_x = mlp(frame_dim, c.feature_dim, c.feature_layers)
@@ -62,7 +61,7 @@ class VRNN(SequenceModel):
         self.head = build_head(c.output, c.feature_dim, frame_dim, c.components)
         self.cell = nn.LSTMCell(2 * c.feature_dim, c.hidden_dim)
 
-    def _prior(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def prior_parameters(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if not self.config.conditional_prior:
             zeros = h.new_zeros(h.size(0), self.config.latent_dim)
             return zeros, zeros
@@ -77,7 +76,7 @@ class VRNN(SequenceModel):
         log_px, kl, log_ratio = [], [], []
         for t in range(steps):
             features_x = self.phi_x(frames[:, t])
-            mu_p, logvar_p = self._prior(h)
+            mu_p, logvar_p = self.prior_parameters(h)
             mu_q, logvar_q = gaussian_parameters(self.phi_enc(torch.cat([features_x, h], -1)))
             z = mu_q + (0.5 * logvar_q).exp() * torch.randn_like(mu_q)
             features_z = self.phi_z(z)
@@ -104,19 +103,3 @@ class VRNN(SequenceModel):
     def sample_prior(self, num: int, steps: int = 100) -> torch.Tensor:
         """(num, steps, D) frames generated ancestrally from the (conditional) prior."""
         return ancestral_frames(self, num, steps)
-
-
-def ancestral_frames(model: nn.Module, num: int, steps: int) -> torch.Tensor:
-    """(num, steps, D) frames from a VRNN-style generative network (also NASMC's): z_t from the model's
-    `_prior(h)`, x_t from its head, then the LSTM recurrence on [phi_x(x_t), phi_z(z_t)]."""
-    h = model.cell.weight_hh.new_zeros(num, model.config.hidden_dim)
-    c = torch.zeros_like(h)
-    frames = []
-    for _ in range(steps):
-        mu_p, logvar_p = model._prior(h)
-        z = mu_p + (0.5 * logvar_p).exp() * torch.randn_like(mu_p)
-        features_z = model.phi_z(z)
-        x = model.head.sample(model.phi_dec(torch.cat([features_z, h], -1)))
-        frames.append(x)
-        h, c = model.cell(torch.cat([model.phi_x(x), features_z], -1), (h, c))
-    return torch.stack(frames, 1)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import math
 import os
 
-from seqlvm.errors import SeqlvmError
+from pipelines.errors import SeqlvmError
 
 # Ray Data's per-operator progress bars would drown the training progress lines the rank-0 worker prints.
 QUIET_ENV = {"RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS": "0", "RAY_USAGE_STATS_ENABLED": "0",

@@ -25,7 +25,8 @@ class SeqlvmPyfunc(mlflow.pyfunc.PythonModel):
         self.model, self.vocab, self.payload = load_model(context.artifacts["checkpoint"])
 
     def predict(self, context, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
-        if self.vocab is None:
+        from seqlvm.models import FrameModel
+        if isinstance(self.model, FrameModel):
             return self._predict_frames(pd.DataFrame(model_input), params or {})
         return self._predict_text(pd.DataFrame(model_input), params or {})
 

@@ -11,8 +11,8 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
+from pipelines.errors import SeqlvmError
 from seqlvm import tracking
-from seqlvm.errors import SeqlvmError
 
 CHAMPION = "champion"
 # The validation metric versions are compared on, stored as a version tag.

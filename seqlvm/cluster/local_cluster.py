@@ -18,7 +18,7 @@ import urllib.request
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from seqlvm.errors import SeqlvmError
+from pipelines.errors import SeqlvmError
 
 STATE_FILE = "cluster.json"
 

@@ -9,10 +9,15 @@ import numpy as np
 import torch
 
 from pipelines.stream import local_batches
-from seqlvm.config import TrainConfig
 from seqlvm.evaluation import TOTAL_KEYS, add_totals, summarize
 from seqlvm.models import SequenceModel
-from seqlvm.train_loop import apply_gradients, forward, make_optimizer, schedule_weight
+from seqlvm.training.spec import TrainConfig
+from seqlvm.training.step import (
+    apply_gradients,
+    forward,
+    make_optimizer,
+    schedule_weight,
+)
 
 
 def train_locally(model: SequenceModel, sequences: list[np.ndarray], cfg: TrainConfig, steps: int,
@@ -35,7 +40,7 @@ def train_locally(model: SequenceModel, sequences: list[np.ndarray], cfg: TrainC
             if torch.isfinite(out.loss):
                 apply_gradients(model, optimizer, out.loss, cfg, scaler)
                 add_totals(window, out.totals)
-                tokens += float(out.totals["tokens"])
+                tokens += float(out.totals["steps"])
             if step % cfg.log_every == 0 or step == steps:
                 metrics = {**summarize(window), "kl_weight": weight}
                 if on_log:

@@ -4,6 +4,7 @@ version installed in the cluster's image) and the settings it needs (the MLflow 
 of it, because a job's runtime environment is shown to anyone who can list jobs."""
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 import shlex
@@ -12,8 +13,8 @@ import time
 import uuid
 from pathlib import Path
 
-from seqlvm.errors import SeqlvmError
-from seqlvm.ray_runtime import QUIET_ENV
+from pipelines.errors import SeqlvmError
+from seqlvm.cluster.ray_runtime import QUIET_ENV
 
 DEFAULT_ADDRESS = "http://127.0.0.1:8265"
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
@@ -72,10 +73,8 @@ def entrypoint_of(command: list[str]) -> str:
 def code_packages() -> list[str]:
     """The folders of the packages this seqlvm runs from: shipped with a job as Ray `py_modules`, so the code that
     runs on the cluster is this code."""
-    import pipelines
-    import seqlvm
-    import tune
-    return [str(Path(package.__file__).parent) for package in (seqlvm, pipelines, tune)]
+    # Found, not imported: the sweeps sit above cluster operations.
+    return [str(Path(importlib.util.find_spec(name).origin).parent) for name in ("seqlvm", "pipelines", "tune")]
 
 
 def job_env(tracking_uri: str | None, extra: list[str]) -> dict[str, str]:

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from seqlvm.models.base import FRAME_MODALITIES, ModelOutput, SequenceModel, frame_totals, step_mask
+from seqlvm.models.base import FrameModel, ModelOutput, frame_totals, step_mask
 from seqlvm.models.heads import build_head, check_output, mlp
 
 
@@ -24,16 +24,15 @@ class FrameRNNConfig:
         check_output(self.output)
 
 
-class FrameRNN(SequenceModel):
+class FrameRNN(FrameModel):
     """LSTM over frames with a Gaussian, GMM, Bernoulli or pen-stroke output: the baseline of VRNN and SRNN."""
 
     name = "rnn"
     config_class = FrameRNNConfig
-    modalities = FRAME_MODALITIES
     has_latent = False
 
     def __init__(self, config: FrameRNNConfig, frame_dim: int):
-        super().__init__(config, frame_dim)  # frame_dim in the vocabulary-size slot, as for the VRNN
+        super().__init__(config, frame_dim)
         self.phi_x = mlp(frame_dim, config.feature_dim, config.feature_layers)
         self.rnn = nn.LSTM(config.feature_dim, config.hidden_dim, batch_first=True)
         self.phi_dec = mlp(config.hidden_dim, config.feature_dim, config.feature_layers)
@@ -57,7 +56,7 @@ class FrameRNN(SequenceModel):
     @torch.no_grad()
     def sample_prior(self, num: int, steps: int = 100) -> torch.Tensor:
         state, frames = None, []
-        x = self.rnn.weight_hh_l0.new_zeros(num, 1, self.vocab_size)
+        x = self.rnn.weight_hh_l0.new_zeros(num, 1, self.frame_dim)
         for _ in range(steps):
             out, state = self.rnn(self.phi_x(x), state)
             x = self.head.sample(self.phi_dec(out))

@@ -3,11 +3,12 @@ evaluate on the validation shard, report metrics and checkpoints. Only rank 0 lo
 checkpoints; every worker calls `ray.train.report`, as Train requires."""
 from __future__ import annotations
 
-import contextlib
+import dataclasses
 import os
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -15,13 +16,32 @@ import torch.distributed as dist
 
 from pipelines.stream import layout_of, ray_batches
 from seqlvm.checkpoint import read_checkpoint, save_checkpoint
-from seqlvm.config import TrainConfig
 from seqlvm.evaluation import TOTAL_KEYS, add_totals, summarize, sweep_objective
 from seqlvm.models import build_model
-from seqlvm.objectives import kl_weight
 from seqlvm.tracking import WORKER_HTTP_SETTINGS, MetricOutbox
+from seqlvm.training.spec import RunSpec, TrainConfig
+from seqlvm.training.step import (
+    all_weights_finite,
+    apply_gradients,
+    autocast_context,
+    forward,
+    make_optimizer,
+    schedule_weight,
+)
 
 MAX_CONSECUTIVE_NONFINITE = 20  # skipped steps in a row that end a run
+
+
+@dataclass
+class WorkerTask:
+    """What each Ray Train worker of a run is given: the run spec, and where its data and MLflow run are."""
+    spec: RunSpec
+    data_location: str
+    input_size: int  # the vocabulary's size, or the frame size
+    vocab: list[str] | None
+    data_info: dict  # kept in every checkpoint
+    tracking_uri: str
+    mlflow_run_id: str
 
 
 def say(line: str) -> None:
@@ -40,55 +60,6 @@ def all_reduce_sum(values: dict[str, float], device) -> dict[str, float]:
     return dict(zip(keys, tensor.tolist()))
 
 
-def schedule_weight(step: int, cfg: TrainConfig) -> float:
-    return kl_weight(step, cfg.kl_anneal, rate=cfg.kl_anneal_rate, midpoint=cfg.kl_anneal_midpoint,
-                     warmup_steps=cfg.kl_warmup_steps, ceiling=cfg.kl_weight)
-
-
-def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    if cfg.optimizer == "sgd":
-        return torch.optim.SGD(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    return torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-
-
-def autocast_context(cfg: TrainConfig, device: torch.device):
-    if device.type != "cuda" or cfg.mixed_precision == "none":
-        return contextlib.nullcontext()
-    dtype = torch.bfloat16 if cfg.mixed_precision == "bf16" else torch.float16
-    return torch.autocast(device_type="cuda", dtype=dtype)
-
-
-def forward(model, batch: dict, weight: float, cfg: TrainConfig, device):
-    with autocast_context(cfg, device):
-        return model({k: v.to(device) for k, v in batch.items()}, kl_weight=weight)
-
-
-def apply_gradients(model, optimizer, loss: torch.Tensor, cfg: TrainConfig, scaler=None) -> bool:
-    """Backward pass, gradient clipping and the optimiser step (with loss scaling for fp16). A finite loss can
-    still give an infinite gradient: then the step is not taken, so the weights never become NaN. Under DDP the
-    gradients are already averaged, so every worker decides alike. Returns whether the step was taken."""
-    optimizer.zero_grad(set_to_none=True)
-    if scaler:
-        scaler.scale(loss).backward()
-        scaler.unscale_(optimizer)
-    else:
-        loss.backward()
-    norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-    if scaler:  # the scaler skips steps with non-finite gradients itself, and lowers its scale
-        scaler.step(optimizer)
-        scaler.update()
-        return True
-    if not torch.isfinite(norm):
-        optimizer.zero_grad(set_to_none=True)
-        return False
-    optimizer.step()
-    return True
-
-
-def all_weights_finite(model: torch.nn.Module) -> bool:
-    return all(bool(torch.isfinite(p).all()) for p in model.parameters())
-
-
 @torch.no_grad()
 def validate(model, shard, cfg: TrainConfig, device, layout) -> dict[str, float]:
     model.eval()
@@ -105,18 +76,18 @@ def validate(model, shard, cfg: TrainConfig, device, layout) -> dict[str, float]
 class Trainer:
     """State of one worker's run; `run()` is the loop."""
 
-    def __init__(self, config: dict):
+    def __init__(self, task: WorkerTask):
         import ray.train
         import ray.train.torch
 
-        self.config = config
-        self.cfg = TrainConfig(**config["train"])
+        self.task = task
+        self.cfg = task.spec.train
         context = ray.train.get_context()
         self.rank, self.world = context.get_world_rank(), context.get_world_size()
         torch.manual_seed(self.cfg.seed * 1000 + self.rank)
         self.device = ray.train.torch.get_device()
-        self.net = build_model(config["model_name"], config["model"], config["input_size"])
-        self.layout = layout_of(config["data_info"])
+        self.net = build_model(task.spec.model_name, dataclasses.asdict(task.spec.model), task.input_size)
+        self.layout = layout_of(task.data_info)
         self.optimizer = make_optimizer(self.net, self.cfg)
         self.step, self.epoch, self.skipped, self.consecutive_nonfinite = 0, 0, 0, 0
         self.stop_reason: str | None = None
@@ -127,7 +98,7 @@ class Trainer:
             for key, value in WORKER_HTTP_SETTINGS.items():
                 os.environ.setdefault(key, value)
             # Workers restarted after a failure run the steps after their checkpoint (or all steps) again.
-            self.outbox = MetricOutbox(config["tracking_uri"], config["mlflow_run_id"], pending,
+            self.outbox = MetricOutbox(task.tracking_uri, task.mlflow_run_id, pending,
                                        replay_after=self.step)
             if self.step:
                 self.outbox.add({"train/resumed_from_step": self.step}, self.step)
@@ -201,9 +172,9 @@ class Trainer:
             raise FloatingPointError(f"weights are not finite at step {self.step}; not checkpointing them")
         with tempfile.TemporaryDirectory() as folder:
             save_checkpoint(Path(folder), self.net, optimizer=self.optimizer.state_dict(), step=self.step,
-                            epoch=self.epoch, skipped_steps=self.skipped, config=self.config["run_config"],
-                            vocab=self.config["vocab"], data_info=self.config["data_info"],
-                            data_dir=self.config["data_dir"], mlflow_run_id=self.config["mlflow_run_id"],
+                            epoch=self.epoch, skipped_steps=self.skipped, config=self.task.spec.to_dict(),
+                            vocab=self.task.vocab, data_info=self.task.data_info,
+                            data_dir=self.task.data_location, mlflow_run_id=self.task.mlflow_run_id,
                             pending_metrics=self.outbox.pending)
             # Before reporting: a sweep's scheduler may end this trial as soon as it sees the report.
             self._deliver()
@@ -262,9 +233,9 @@ class Trainer:
         totals = all_reduce_sum(window, self.device)
         if self.rank != 0:
             return
-        metrics = summarize(totals, prefix="train/") if totals["sentences"] else {}
+        metrics = summarize(totals, prefix="train/") if totals["sequences"] else {}
         metrics.update({"train/kl_weight": schedule_weight(self.step, self.cfg),
-                        "train/tokens_per_sec": totals["tokens"] / max(seconds, 1e-9),
+                        "train/tokens_per_sec": totals["steps"] / max(seconds, 1e-9),
                         "train/skipped_steps": self.skipped, "epoch": self.epoch})
         self.outbox.add(metrics, self.step)
         self._deliver(retry=False)
@@ -277,7 +248,7 @@ class Trainer:
         metrics = validate(self.net, valid_shard, self.cfg, self.device, self.layout)  # unwrapped: no DDP collectives
         metrics.update(step=self.step, epoch=self.epoch, skipped_steps=self.skipped,
                        objective=sweep_objective(metrics["valid/nll_bound"], metrics["valid/kl"],
-                                                 self.config.get("min_kl", 0.0)))
+                                                 self.cfg.min_kl))
         if self.rank == 0:
             self.outbox.add({k: v for k, v in metrics.items() if k.startswith("valid/")}, self.step)
             quality = (f"ppl {metrics['valid/ppl_bound']:8.1f}" if self.layout.frame_dim is None
@@ -288,4 +259,5 @@ class Trainer:
 
 
 def train_loop_per_worker(config: dict) -> None:
-    Trainer(config).run()
+    """Ray Train's entry point; its config holds the run's `WorkerTask` under "task"."""
+    Trainer(config["task"]).run()

@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from seqlvm.errors import SeqlvmError
+from pipelines.errors import SeqlvmError
 
 PAD, UNK, BOS, EOS = "<pad>", "<unk>", "<s>", "</s>"
 SPECIALS = (PAD, UNK, BOS, EOS)
@@ -51,7 +51,9 @@ class Vocab:
     @classmethod
     def load(cls, path: str | Path) -> "Vocab":
         """From a vocab.json file: a local path or a URI pyarrow can open."""
-        from pipelines.shards import resolve
+        from pipelines.shards import (
+            resolve,  # here, so models that use the special ids do not load pyarrow
+        )
         filesystem, file = resolve(path)
         with filesystem.open_input_stream(file) as stream:
             return cls(json.loads(stream.read()))

@@ -1,0 +1,38 @@
+"""The `seqlvm` command line: prepare, train, tune, registry, evaluate, sample, models, submit, jobs, cluster.
+Each command group has a module with its parsers (`add_parsers`) and its commands (`COMMANDS`)."""
+from __future__ import annotations
+
+import argparse
+import os
+
+from pipelines.errors import SeqlvmError
+from seqlvm.cli import cluster, data, registry, sample, sweep, train
+from seqlvm.cli.output import console
+
+GROUPS = (data, train, sweep, registry, sample, cluster)
+COMMANDS = {name: command for group in GROUPS for name, command in group.COMMANDS.items()}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="seqlvm", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    for group in GROUPS:
+        group.add_parsers(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    args = build_parser().parse_args(argv)
+    try:
+        COMMANDS[args.command](args)
+    except SeqlvmError as exc:
+        if os.environ.get("SEQLVM_TRACEBACK"):  # for bug reports: the whole chain behind the one line
+            import traceback
+            traceback.print_exception(exc)
+        console.print(f"seqlvm: error: {exc}", markup=False, highlight=False, soft_wrap=True)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        console.print("seqlvm: interrupted", markup=False)
+        return 130
+    return 0

@@ -1,0 +1,5 @@
+import sys
+
+from seqlvm.cli import main
+
+sys.exit(main())

@@ -1,0 +1,97 @@
+"""`seqlvm tune`: the only part of seqlvm that imports the sweeps (`tune/`)."""
+from __future__ import annotations
+
+from rich.table import Table
+
+from pipelines.errors import SeqlvmError
+from seqlvm.cli.output import cell, console, out
+from seqlvm.cli.sample import prior_table, rendered_samples
+from seqlvm.cli.train import STORAGE_HELP
+
+
+def add_parsers(sub) -> None:
+    tune = sub.add_parser("tune", help="hyperparameter sweep: Ray Tune over Ray Train trials, best model registered")
+    tune.add_argument("--data", help="a folder written by `seqlvm prepare` (not needed with --resume)")
+    tune.add_argument("--model", help="model name (default: the config's model_name, else sentence-vae)")
+    tune.add_argument("--config", help="YAML file: `model:`/`train:` as for train, `tune:` with space and min_kl")
+    tune.add_argument("--num-samples", type=int, default=8, help="trials in the sweep (default 8)")
+    tune.add_argument("--search", default="tpe", choices=["tpe", "gp", "random"],
+                      help="Optuna TPE (default), Optuna Gaussian process, or random search")
+    tune.add_argument("--scheduler", default="asha", choices=["asha", "none"], help="early stopping (default asha)")
+    tune.add_argument("--max-steps", type=int, help="optimiser steps per trial (default: train.max_steps)")
+    tune.add_argument("--workers", type=int, default=1, help="Ray Train workers per trial")
+    tune.add_argument("--cpus-per-worker", type=float, default=1.0)
+    tune.add_argument("--max-concurrent", type=int, help="trials at once (default: what the cluster's CPUs hold)")
+    tune.add_argument("--startup-trials", type=int, help="random trials before the Bayesian model takes over "
+                                                          "(default: a quarter of the trials, 2 to 10)")
+    tune.add_argument("--min-kl", type=float, help="validation KL (nats) below which a trial is penalised as "
+                                                   "collapsed (default: the config's tune.min_kl, else 0)")
+    tune.add_argument("--seed", type=int, default=0, help="seed of the search algorithm")
+    tune.add_argument("--iw-samples", type=int, default=20,
+                      help="importance samples when evaluating the best checkpoint (default 20)")
+    tune.add_argument("--tracking-uri", help="MLflow tracking URI (default $MLFLOW_TRACKING_URI or runs/mlflow.db)")
+    tune.add_argument("--experiment", default="seqlvm", help="MLflow experiment name")
+    tune.add_argument("--name", help="sweep name (default: model and time); --resume continues it")
+    tune.add_argument("--workdir", default="runs", help="local folder for the default MLflow store and Ray storage")
+    tune.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS or a local Ray)")
+    tune.add_argument("--storage", help=STORAGE_HELP)
+    tune.add_argument("--registered-name", help="registered model (default: MODEL-CORPUS, e.g. sentence-vae-shakespeare)")
+    tune.add_argument("--no-register", action="store_true", help="do not register the best checkpoint")
+    tune.add_argument("--samples", type=int, default=5, help="prior samples printed (text) or rendered into "
+                                                             "WORKDIR/samples (frames) from the registered version")
+    tune.add_argument("--resume", action="store_true",
+                      help="continue the sweep --name (default: the latest) with its original settings")
+    tune.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides shared by all trials")
+
+
+def cmd_tune(args) -> None:
+    from tune.sweep import SweepRequest, run_sweep
+
+    if not args.resume and not args.data:
+        raise SeqlvmError("--data is required (except with --resume)")
+    request = SweepRequest(
+        data_dir=args.data or "", model_name=args.model, config_file=args.config, overrides=args.overrides,
+        num_samples=args.num_samples, search=args.search, scheduler=args.scheduler, max_steps=args.max_steps,
+        workers=args.workers, cpus_per_worker=args.cpus_per_worker, max_concurrent=args.max_concurrent,
+        startup_trials=args.startup_trials, min_kl=args.min_kl, seed=args.seed, iw_samples=args.iw_samples,
+        tracking_uri=args.tracking_uri, experiment=args.experiment, name=args.name, workdir=args.workdir,
+        storage=args.storage, address=args.address, registered_name=args.registered_name,
+        register=not args.no_register)
+    result = run_sweep(request, resume=args.resume, console=console)
+    out.print(trials_table(result))
+    if result.version is None:
+        return
+    out.print(f"registered [bold]{result.registered_name}[/] version {result.version}: "
+              f"models:/{result.registered_name}/{result.version}")
+    if result.decision is not None:
+        verdict = "is the new champion" if result.decision.promoted else "is not champion"
+        out.print(f"version {result.version} {verdict}: {result.decision.reason}")
+    out.print(f"MLflow parent run: {result.parent_run_id}  ({result.tracking_uri})")
+    if args.samples:
+        import torch
+
+        from seqlvm.checkpoint import load_model
+        torch.manual_seed(args.seed)
+        uri = f"models:/{result.registered_name}/{result.version}"
+        model, vocab, payload = load_model(uri, result.tracking_uri)  # read back from the registry
+        if vocab is None:
+            folder = f"{args.workdir}/samples/{result.registered_name}-{result.version}"
+            out.print(rendered_samples(model, payload, args.samples, None, folder, f"samples from {uri}")[0])
+        else:
+            out.print(prior_table(model, vocab, args.samples, title=f"samples from {uri}"))
+
+
+def trials_table(result) -> Table:
+    table = Table(title=f"sweep {result.name}")
+    names = sorted({k for row in result.rows for k in row["params"]})
+    for column in ("trial", "outcome", "step", "objective", "valid kl", *[n.split(".", 1)[1] for n in names]):
+        table.add_column(column, justify="left" if column in ("trial", "outcome") else "right")
+    for row in result.rows:
+        best = "*" if result.best and row["trial"] == result.best["trial"] else ""
+        cells = [row["trial"] + best, row["outcome"], str(row["step"]), cell(row["objective"]),
+                 cell(row["valid_kl"]), *[cell(row["params"].get(n)) for n in names]]
+        table.add_row(*cells)
+    return table
+
+
+COMMANDS = {"tune": cmd_tune}

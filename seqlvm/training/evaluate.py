@@ -1,0 +1,54 @@
+"""`seqlvm evaluate`, and the evaluation at the end of a run and of a sweep: a checkpoint's metrics on a split of
+data like its training data."""
+from __future__ import annotations
+
+from pipelines.dataset import PreparedDataset
+from pipelines.errors import SeqlvmError
+from pipelines.stream import local_batches
+from seqlvm.checkpoint import load_model
+from seqlvm.evaluation import evaluate
+
+
+def evaluate_checkpoint(checkpoint: str, data_dir: str | None, split: str = "test", iw_samples: int = 500,
+                        batch_size: int = 64, chunk: int | None = None, limit: int | None = None,
+                        tracking_uri: str | None = None, console=None, seed: int = 0, word_samples: int = 100) -> dict:
+    """Metrics of a checkpoint on a split. Seeded, so two checkpoints compared on the same data see the same
+    noise in their sampled bounds. On a words dataset, also the word task's metrics (cross-entropies to the
+    word distributions with `word_samples` importance samples a word, samples in the vocabulary, mutual
+    information)."""
+    import torch
+
+    torch.manual_seed(seed)
+    model, _, payload = load_model(checkpoint, tracking_uri)
+    data_dir = data_dir or payload.get("data_dir")
+    if not data_dir:
+        raise SeqlvmError(f"{checkpoint}: the checkpoint does not record its data; pass --data DIR")
+    dataset = PreparedDataset.open(data_dir)
+    check_same_kind_of_data(payload, dataset)
+    sequences = dataset.read(split, limit)
+    batches = list(local_batches(sequences, batch_size, bucket_factor=20))
+    if console is not None:
+        from rich.progress import track
+        batches = track(batches, console=console, transient=True,
+                        description=f"evaluating {len(sequences):,} sequences, {iw_samples} importance samples")
+    metrics = evaluate(model, batches, iw_samples, chunk)
+    if dataset.task == "words":
+        from seqlvm.word_metrics import word_task_metrics
+        if console is not None:
+            console.print(f"word-task metrics: every word type, {word_samples} importance samples each")
+        metrics.update(word_task_metrics(model, dataset, num_samples=word_samples))
+    return metrics
+
+
+def check_same_kind_of_data(payload: dict, dataset: PreparedDataset) -> None:
+    """A model evaluates only data like its training data: the same vocabulary, or frames of the same kind."""
+    if payload.get("vocab") is not None:
+        if not dataset.is_text or dataset.vocab.words != payload["vocab"]:
+            raise SeqlvmError(f"{dataset.location}: its vocabulary differs from the checkpoint's; "
+                              "evaluate on data prepared with the same vocabulary")
+        return
+    trained_on = payload.get("data_info", {})
+    if (dataset.modality, dataset.frame_dim) != (trained_on.get("modality"), trained_on.get("frame_dim")):
+        raise SeqlvmError(f"{dataset.location}: {dataset.modality} data of {dataset.frame_dim}-dimensional frames, "
+                          f"but the model was trained on {trained_on.get('modality')} frames of "
+                          f"{trained_on.get('frame_dim')}")

@@ -1,0 +1,70 @@
+"""What `seqlvm train` is asked to do (`TrainRequest`), and everything about it checked before Ray starts: the
+prepared dataset opened once and the run specification built for it (`prepare_run`)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from pipelines.dataset import PreparedDataset
+from pipelines.errors import SeqlvmError
+from seqlvm.models import check_modality
+from seqlvm.training.spec import RunSpec
+
+
+@dataclass
+class TrainRequest:
+    data_dir: str
+    model_name: str | None = None
+    config_file: str | None = None
+    overrides: list[str] = field(default_factory=list)
+    workers: int = 1
+    cpus_per_worker: float = 1.0
+    max_steps: int | None = None
+    tracking_uri: str | None = None
+    experiment: str = "seqlvm"
+    name: str | None = None
+    workdir: str = "runs"
+    storage: str | None = None
+    address: str | None = None
+    final_eval: bool = True
+
+
+@dataclass
+class TrainResult:
+    run_name: str
+    mlflow_run_id: str
+    tracking_uri: str
+    checkpoint_dir: str
+    metrics: dict
+    test_metrics: dict
+
+
+def data_defaults(dataset: PreparedDataset) -> dict:
+    """Model fields the data sets unless the config does: a frame model's output distribution, and the longest
+    text a fixed-size model (the hybrid VAE's deconvolution) must produce."""
+    if not dataset.is_text:
+        return {"output": dataset.output}
+    longest = dataset.options.get("fragment_length") or dataset.options.get("max_length")
+    return {"max_length": longest} if longest else {}
+
+
+def prepare_run(request: TrainRequest) -> tuple[PreparedDataset, RunSpec]:
+    """The dataset and the run specification, both checked before anything starts. The model defaults to the
+    sentence VAE for text and the VRNN for frames, and a frame model's output distribution to the one the data
+    names (Gaussian for audio, bivariate GMM + pen for strokes, Bernoulli for piano rolls)."""
+    dataset = PreparedDataset.open(request.data_dir)
+    overrides = list(request.overrides)
+    if request.max_steps is not None:
+        overrides.append(f"train.max_steps={request.max_steps}")
+    spec = RunSpec.build(request.config_file, overrides, request.model_name,
+                         default_model="sentence-vae" if dataset.is_text else "vrnn",
+                         model_defaults=data_defaults(dataset))
+    check_modality(spec.model_name, dataset.modality, request.data_dir)
+    for split in ("valid", "test") if request.final_eval else ("valid",):  # prepare never leaves train empty
+        if not dataset.splits[split].shards:
+            raise SeqlvmError(f"{request.data_dir}: the {split} split is empty; prepare the data again with a "
+                              f"larger --{split}-fraction")
+    if request.workers < 1 or request.cpus_per_worker <= 0:
+        raise SeqlvmError("--workers must be at least 1 and --cpus-per-worker above 0")
+    if dataset.is_text:
+        dataset.vocab  # read now: a missing or broken vocabulary is an error before Ray starts
+    return dataset, spec

@@ -1,0 +1,59 @@
+"""One optimisation step, shared by the Ray Train workers and the plain single-process loop: the KL weight's
+schedule, the optimiser, mixed precision, the forward pass and the guarded gradient step."""
+from __future__ import annotations
+
+import contextlib
+
+import torch
+
+from seqlvm.objectives import kl_weight
+from seqlvm.training.spec import TrainConfig
+
+
+def schedule_weight(step: int, cfg: TrainConfig) -> float:
+    return kl_weight(step, cfg.kl_anneal, rate=cfg.kl_anneal_rate, midpoint=cfg.kl_anneal_midpoint,
+                     warmup_steps=cfg.kl_warmup_steps, ceiling=cfg.kl_weight)
+
+
+def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def autocast_context(cfg: TrainConfig, device: torch.device):
+    if device.type != "cuda" or cfg.mixed_precision == "none":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if cfg.mixed_precision == "bf16" else torch.float16
+    return torch.autocast(device_type="cuda", dtype=dtype)
+
+
+def forward(model, batch: dict, weight: float, cfg: TrainConfig, device):
+    with autocast_context(cfg, device):
+        return model({k: v.to(device) for k, v in batch.items()}, kl_weight=weight)
+
+
+def apply_gradients(model, optimizer, loss: torch.Tensor, cfg: TrainConfig, scaler=None) -> bool:
+    """Backward pass, gradient clipping and the optimiser step (with loss scaling for fp16). A finite loss can
+    still give an infinite gradient: then the step is not taken, so the weights never become NaN. Under DDP the
+    gradients are already averaged, so every worker decides alike. Returns whether the step was taken."""
+    optimizer.zero_grad(set_to_none=True)
+    if scaler:
+        scaler.scale(loss).backward()
+        scaler.unscale_(optimizer)
+    else:
+        loss.backward()
+    norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+    if scaler:  # the scaler skips steps with non-finite gradients itself, and lowers its scale
+        scaler.step(optimizer)
+        scaler.update()
+        return True
+    if not torch.isfinite(norm):
+        optimizer.zero_grad(set_to_none=True)
+        return False
+    optimizer.step()
+    return True
+
+
+def all_weights_finite(model: torch.nn.Module) -> bool:
+    return all(bool(torch.isfinite(p).all()) for p in model.parameters())

@@ -1,0 +1,132 @@
+"""The layers, read from the imports of every module of `pipelines/`, `seqlvm/` and `tune/` (module-level and
+function-level alike), against docs/architecture.md:
+
+    seqlvm.cli        the command line: the only importer of tune
+    tune              sweeps: training only through its package, `seqlvm.training`
+    seqlvm.training   the driver and the workers: imported by nothing below it
+    seqlvm (rest)     tracking and the registry, cluster operations, checkpoints, evaluation, generation
+    seqlvm.models     models and maths (with seqlvm.objectives): nothing of seqlvm above them, no Ray, no MLflow
+    pipelines         the ground floor: nothing of seqlvm or tune
+
+and no two modules import each other, directly or through others."""
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+PACKAGES = ("pipelines", "seqlvm", "tune")
+MATHS = ("seqlvm.models", "seqlvm.objectives")
+
+
+def module_files() -> dict[str, Path]:
+    found = {}
+    for package in PACKAGES:
+        for path in sorted((REPO / package).rglob("*.py")):
+            parts = path.relative_to(REPO).with_suffix("").parts
+            found[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    return found
+
+
+def imports_of(module: str, path: Path, known: set[str]) -> set[str]:
+    """Every module `module` imports: `import a.b` gives a.b; `from a import b` gives a, and a.b when that is a
+    module; relative imports resolved."""
+    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.split(".")[:len(package.split(".")) - node.level + 1]
+                base = ".".join(anchor + ([base] if base else []))
+            found.add(base)
+            found.update(f"{base}.{alias.name}" for alias in node.names if f"{base}.{alias.name}" in known)
+    return found - {module}
+
+
+def import_graph() -> dict[str, set[str]]:
+    files = module_files()
+    return {module: imports_of(module, path, set(files)) for module, path in files.items()}
+
+
+def within(module: str, *prefixes: str) -> bool:
+    return any(module == p or module.startswith(p + ".") for p in prefixes)
+
+
+def layer_violations(graph: dict[str, set[str]]) -> list[str]:
+    found = []
+    for module, imported in sorted(graph.items()):
+        for target in sorted(imported):
+            rule = None
+            if within(module, "pipelines") and within(target, "seqlvm", "tune"):
+                rule = "pipelines/ is the ground floor"
+            elif within(module, *MATHS) and (within(target, "ray", "mlflow", "tune")
+                                             or within(target, "seqlvm") and not within(target, *MATHS)):
+                rule = "models and maths import nothing of training, tracking, Ray or MLflow"
+            elif within(target, "tune") and not within(module, "tune", "seqlvm.cli"):
+                rule = "only the command line imports tune"
+            elif within(target, "seqlvm.cli") and not within(module, "seqlvm.cli"):
+                rule = "nothing imports the command line"
+            elif within(module, "tune") and within(target, "seqlvm.training") and target != "seqlvm.training":
+                rule = "tune uses training's public API, the seqlvm.training package"
+            elif within(target, "seqlvm.training") and not within(module, "seqlvm.training", "seqlvm.cli", "tune"):
+                rule = "training is above tracking, cluster operations, checkpoints and evaluation"
+            if rule:
+                found.append(f"{module} imports {target}: {rule}")
+    return found
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected groups of more than one module (Tarjan)."""
+    index, low, stack, on_stack, groups = {}, {}, [], set(), []
+
+    def visit(node: str) -> None:
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        on_stack.add(node)
+        for target in graph.get(node, ()):
+            if target not in graph:
+                continue
+            if target not in index:
+                visit(target)
+                low[node] = min(low[node], low[target])
+            elif target in on_stack:
+                low[node] = min(low[node], index[target])
+        if low[node] == index[node]:
+            group = []
+            while True:
+                member = stack.pop()
+                on_stack.discard(member)
+                group.append(member)
+                if member == node:
+                    break
+            if len(group) > 1:
+                groups.append(sorted(group))
+
+    for node in sorted(graph):
+        if node not in index:
+            visit(node)
+    return groups
+
+
+def test_every_import_goes_down_the_layers():
+    assert layer_violations(import_graph()) == []
+
+
+def test_no_modules_import_each_other():
+    assert cycles(import_graph()) == []
+
+
+def test_the_checks_catch_a_forbidden_import_and_a_cycle():
+    graph = import_graph()
+    for module, target in (("pipelines.stream", "seqlvm.models"), ("seqlvm.models.vrnn", "seqlvm.training"),
+                           ("seqlvm.models.base", "mlflow"), ("seqlvm.training.driver", "tune.sweep"),
+                           ("tune.sweep", "seqlvm.training.worker"), ("seqlvm.checkpoint", "seqlvm.training"),
+                           ("seqlvm.training.driver", "seqlvm.cli.output")):
+        assert module in graph, module
+        broken = {**graph, module: graph[module] | {target}}
+        assert [v for v in layer_violations(broken) if v.startswith(f"{module} imports {target}:")], (module, target)
+    looped = {**graph, "pipelines.errors": graph["pipelines.errors"] | {"pipelines.dataset"}}
+    assert any("pipelines.errors" in group for group in cycles(looped))
