@@ -70,7 +70,8 @@ def evaluate(model, data_dir, args) -> dict:
     particles = getattr(model.config, "importance_samples", 1)
     mi = {"num_prefixes": args.mi_prefixes, "num_noise": args.mi_noise, "max_len": args.max_length + 1}
     started = time.time()
-    metrics = word_task_metrics(model, PreparedDataset.open(data_dir), num_samples=max(1, args.particle_budget // particles),
+    dataset = PreparedDataset.open(data_dir)
+    metrics = word_task_metrics(model, dataset, num_samples=max(1, args.particle_budget // particles),
                                 num_generated=args.generated, greedy=False, mi_options=mi)
     return {**metrics, "eval_seconds": time.time() - started}
 
@@ -128,7 +129,7 @@ def main() -> None:
     manifest = prepare_words(SOURCE, data_dir, options, console=console)
     args.vocab_size, args.max_length = manifest["vocab_size"], options.max_length
     console.print(f"data {data_dir}: {manifest['word_types']:,} word types, "
-                  f"{manifest['splits']['train']['sentences']:,} training words, H[P_train] "
+                  f"{manifest['splits']['train']['sequences']:,} training words, H[P_train] "
                   f"{manifest['entropy_nats']['train']:.2f} nats (paper: 143K types, H[P_test] 6.80); "
                   f"{args.steps} steps of batch {args.batch_size}, lr {args.lr}, seed {args.seed}")
 

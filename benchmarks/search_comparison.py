@@ -29,8 +29,8 @@ from seqlvm.evaluation import evaluate, sweep_objective
 from seqlvm.models import build_model, model_class
 from seqlvm.training.local import train_locally
 from seqlvm.training.spec import RunSpec
+from tune.search import default_startup_trials, make_sampler
 from tune.space import SpaceSampler, default_space
-from tune.sweep import default_startup_trials, make_sampler
 
 DATA = ROOT / "benchmarks" / "out" / "shakespeare-2k"
 FIXED = ["model.embedding_dim=96", "model.hidden_dim=128", "train.batch_size=64", "train.log_every=1000"]
@@ -79,7 +79,8 @@ def main() -> None:
     prepare_text("builtin:shakespeare", DATA, TextOptions(vocab_size=2000, max_length=30))
     vocab = Vocab.load(DATA / "vocab.json")
     train_data = PreparedDataset.open(DATA).read("train")
-    valid_batches = list(local_batches(PreparedDataset.open(DATA).read("valid", args.valid_sentences), 128, bucket_factor=20))
+    valid = PreparedDataset.open(DATA).read("valid", args.valid_sentences)
+    valid_batches = list(local_batches(valid, 128, bucket_factor=20))
 
     results: dict[str, dict[int, list[float]]] = {}
     for seed in args.seeds:

@@ -35,13 +35,14 @@ import tempfile  # noqa: E402
 import threading  # noqa: E402
 import time  # noqa: E402
 
+import ray  # noqa: E402, I001  (first: it puts its bundled psutil on sys.path)
 import psutil  # noqa: E402
 import pyarrow.fs as pafs  # noqa: E402
-import ray  # noqa: E402  (first: it puts its bundled psutil on sys.path)
 from _common import DEFAULT_DATA  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
+from pipelines.dataset import Split  # noqa: E402
 from pipelines.shards import MANIFEST, read_manifest, resolve  # noqa: E402
 from pipelines.text import TextOptions, prepare_text  # noqa: E402
 from pipelines.vocab import VOCAB_FILE  # noqa: E402
@@ -64,7 +65,7 @@ def build_corpus(source: str, target: str, factor: int) -> dict:
                         destination_filesystem=dst_fs)
 
     copy(VOCAB_FILE, VOCAB_FILE)
-    splits = {}
+    splits = {}  # counts of either naming (datasets prepared before the names were shared say sentences/tokens)
     for split, info in manifest["splits"].items():
         repeat = factor if split == "train" else 1
         shards = []
@@ -74,7 +75,7 @@ def build_corpus(source: str, target: str, factor: int) -> dict:
                 copy(shard, name)
                 shards.append(name)
         splits[split] = {**info, "shards": shards,
-                         **{key: info[key] * repeat for key in ("sentences", "tokens", "unknown_tokens") if key in info}}
+                         **{key: value * repeat for key, value in info.items() if key != "shards"}}
     manifest = {**manifest, "splits": splits, "source": f"{manifest['source']} x{factor}",
                 "fingerprint": f"{manifest['fingerprint']}-x{factor}"}
     with dst_fs.open_output_stream(f"{dst_root}/{MANIFEST}") as out:
@@ -209,10 +210,10 @@ def main() -> None:
         stream(f"{scratch}/x1", cfg, "valid")  # warm-up: Ray Data's first execution starts its worker processes
         results = {}
         for factor, manifest in corpora.items():
-            console.print(f"{factor}x: {manifest['splits']['train']['sentences']:,} training sentences in "
+            console.print(f"{factor}x: {Split.from_manifest(manifest['splits']['train']).sequences:,} training sentences in "
                           f"{len(manifest['splits']['train']['shards'])} shards; streaming...")
             results[factor] = stream(f"{scratch}/x{factor}", cfg)
-            results[factor]["expected"] = manifest["splits"]["train"]["sentences"]
+            results[factor]["expected"] = Split.from_manifest(manifest["splits"]["train"]).sequences
     ray.shutdown()
 
     budget = f"{args.store_budget_mb:g} MB" if args.store_budget_mb else "Ray's default"

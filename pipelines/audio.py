@@ -21,16 +21,8 @@ from typing import Iterator
 import numpy as np
 
 from pipelines.errors import SeqlvmError
-from pipelines.frames import (
-    ErrorPolicy,
-    Example,
-    FrameOptions,
-    Standardise,
-    cache_root,
-    denormalise,
-    files_fingerprint,
-    write_frame_dataset,
-)
+from pipelines.frames import (ErrorPolicy, Example, FrameOptions, Standardise, cache_root, denormalise,
+                              files_fingerprint, write_frame_dataset)
 from pipelines.modalities import MODALITIES
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg")
@@ -107,11 +99,11 @@ def _tuxpaint_source(language: str) -> tuple[Path, list[Path]]:
 def flite_sentences(count: int) -> list[str]:
     """The first `count` distinct Shakespeare sentences of FLITE_WORDS words starting with a capital, in play
     order."""
-    from pipelines.text import _play_speeches, _shakespeare_files, split_sentences
+    from pipelines.text import play_speeches, shakespeare_files, split_sentences
 
     chosen: dict[str, None] = {}
-    for play in _shakespeare_files():
-        for speech in _play_speeches(play.read_text(encoding="utf-8")):
+    for play in shakespeare_files():
+        for speech in play_speeches(play.read_text(encoding="utf-8")):
             for sentence in split_sentences(speech):
                 # A leading dash would reach flite's argument parser as an option.
                 sentence = sentence.lstrip("-—– ")
@@ -240,7 +232,8 @@ def prepare_audio(spec: str, out: str | Path, options: AudioOptions, overwrite: 
     synthetic = spec == "builtin:flite"
     return write_frame_dataset(
         out, examples, modality="audio", frame_dim=options.frame_size, source=spec, fingerprint=fingerprint,
-        options=options, output=MODALITIES["audio"].output, standardise=Standardise(dims=list(range(options.frame_size)), scalar=True),
+        options=options, output=MODALITIES["audio"].output,
+        standardise=Standardise(dims=list(range(options.frame_size)), scalar=True),
         render={"sample_rate": options.sample_rate, "frame_size": options.frame_size, "synthetic": synthetic},
         extra={"audio": stats}, overwrite=overwrite, console=console)
 
@@ -250,9 +243,7 @@ def prepare_audio(spec: str, out: str | Path, options: AudioOptions, overwrite: 
 def render_audio(frames: np.ndarray, data_info: dict, out_dir: Path, stem: str) -> list[Path]:
     """Write standardised frames (T, frame_size) as `{stem}.wav` and a waveform plot `{stem}.png`."""
     import soundfile as sf
-    from matplotlib.figure import (
-        Figure,  # a bare Figure renders with Agg and leaves pyplot's state alone
-    )
+    from matplotlib.figure import Figure  # a bare Figure renders with Agg and leaves pyplot's state alone
 
     rate, frame_size = int(data_info["render"]["sample_rate"]), int(data_info["render"]["frame_size"])
     frames = np.asarray(frames).reshape(-1, frame_size)

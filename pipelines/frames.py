@@ -19,15 +19,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipelines.errors import SeqlvmError
-from pipelines.shards import (
-    SPLITS,
-    ShardWriter,
-    atomic_output,
-    is_up_to_date,
-    read_manifest,
-    split_of,
-    write_manifest,
-)
+from pipelines.shards import SPLITS, ShardWriter, atomic_output, is_up_to_date, read_manifest, split_of, write_manifest
 
 FORMAT = "seqlvm-frames-1"
 FRAME_SCHEMA = pa.schema([("frames", pa.list_(pa.float32())), ("steps", pa.int32())])

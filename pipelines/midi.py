@@ -20,15 +20,8 @@ from typing import Callable, Iterable, Iterator
 import numpy as np
 
 from pipelines.errors import SeqlvmError
-from pipelines.frames import (
-    ErrorPolicy,
-    Example,
-    FrameOptions,
-    cache_root,
-    files_fingerprint,
-    frame_split,
-    write_frame_dataset,
-)
+from pipelines.frames import (ErrorPolicy, Example, FrameOptions, cache_root, files_fingerprint, frame_split,
+                              write_frame_dataset)
 from pipelines.modalities import MODALITIES
 from pipelines.shards import is_up_to_date
 
@@ -304,13 +297,7 @@ def _score_roll(score, steps_per_beat: int) -> np.ndarray:
 
 
 def _convert_collection(name: str, options: MidiOptions, policy: ErrorPolicy, console) -> list[tuple[str, np.ndarray]]:
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeRemainingColumn,
-    )
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     music21 = _music21()
     pieces = _collection(name)[:options.max_pieces or None]
@@ -427,7 +414,8 @@ def prepare_midi(spec: str, out: str | Path, options: MidiOptions, overwrite: bo
                               f"builtin:{'|'.join(BUILTIN)}")
     render = {"time_step": seconds_per_step, "lowest_note": LOWEST_NOTE, "program": 0}
     return write_frame_dataset(out, examples, modality="midi", frame_dim=KEYS, source=spec,
-                               fingerprint=fingerprint, options=options, output=MODALITIES["midi"].output, render=render,
+                               fingerprint=fingerprint, options=options, output=MODALITIES["midi"].output,
+                               render=render,
                                overwrite=overwrite, console=console)
 
 

@@ -32,15 +32,8 @@ from typing import Callable, Iterator
 import numpy as np
 
 from pipelines.errors import SeqlvmError
-from pipelines.frames import (
-    ErrorPolicy,
-    Example,
-    FrameOptions,
-    Standardise,
-    denormalise,
-    files_fingerprint,
-    write_frame_dataset,
-)
+from pipelines.frames import (ErrorPolicy, Example, FrameOptions, Standardise, denormalise, files_fingerprint,
+                              write_frame_dataset)
 from pipelines.modalities import MODALITIES
 
 FRAME_DIM = 3

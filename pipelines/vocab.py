@@ -51,9 +51,7 @@ class Vocab:
     @classmethod
     def load(cls, path: str | Path) -> "Vocab":
         """From a vocab.json file: a local path or a URI pyarrow can open."""
-        from pipelines.shards import (
-            resolve,  # here, so models that use the special ids do not load pyarrow
-        )
+        from pipelines.shards import resolve  # here, so models that use the special ids do not load pyarrow
         filesystem, file = resolve(path)
         with filesystem.open_input_stream(file) as stream:
             return cls(json.loads(stream.read()))

@@ -36,16 +36,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipelines.errors import SeqlvmError
-from pipelines.shards import (
-    SPLITS,
-    ShardWriter,
-    atomic_output,
-    is_up_to_date,
-    read_dataset_file,
-    read_manifest,
-    split_of,
-    write_manifest,
-)
+from pipelines.shards import (SPLITS, ShardWriter, atomic_output, is_up_to_date, read_dataset_file, read_manifest,
+                              split_of, write_manifest)
 from pipelines.text import TEXT_SCHEMA
 from pipelines.vocab import SPECIALS, VOCAB_FILE, Vocab
 

@@ -9,14 +9,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from pipelines.audio import (
-    AudioOptions,
-    prepare_audio,
-    read_waveform,
-    render_audio,
-    resolve_source,
-    segments,
-)
+from pipelines.audio import AudioOptions, prepare_audio, read_waveform, render_audio, resolve_source, segments
 from pipelines.errors import SeqlvmError
 from pipelines.frames import denormalise
 from pipelines.shards import SPLITS, split_of

@@ -163,7 +163,8 @@ def test_jobs_by_cli_and_by_hand_and_a_killed_train_worker(cluster, shakespeare,
 def test_a_job_runs_the_code_it_carries_not_the_folder_it_starts_in(cluster):
     """A job without a working dir starts in its node's current folder: a node started from a checkout would make
     `python -m seqlvm.cli` import that checkout and hide a job that cannot run from its `py_modules`."""
-    code = "import os, pipelines, seqlvm, tune; print('FROM', os.getcwd(), seqlvm.__file__, pipelines.__file__, tune.__file__)"
+    code = ("import os, pipelines, seqlvm, tune; "
+            "print('FROM', os.getcwd(), seqlvm.__file__, pipelines.__file__, tune.__file__)")
     job = seqlvm(cluster, "submit", "--follow", "--", "python", "-c", code)
     assert job.returncode == 0, job.stdout[-3000:]
     cwd, *files = next(line for line in job.stdout.splitlines() if line.startswith("FROM ")).split()[1:]

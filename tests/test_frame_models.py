@@ -10,13 +10,7 @@ from torch import distributions as D
 from pipelines.errors import SeqlvmError
 from seqlvm.checkpoint import load_model, save_checkpoint
 from seqlvm.models import FrameModel, build_model, build_model_from_args
-from seqlvm.models.heads import (
-    BernoulliHead,
-    GaussianHead,
-    GMMHead,
-    StrokeHead,
-    build_head,
-)
+from seqlvm.models.heads import BernoulliHead, GaussianHead, GMMHead, StrokeHead, build_head
 from seqlvm.models.rnn import FrameRNN, FrameRNNConfig
 from seqlvm.models.srnn import SRNN, SRNNConfig, reverse_padded
 from seqlvm.models.vrnn import VRNN, VRNNConfig

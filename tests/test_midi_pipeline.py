@@ -55,13 +55,7 @@ import time
 import pretty_midi
 import pyarrow.parquet as pq
 
-from pipelines.midi import (
-    MidiOptions,
-    builtin_rolls,
-    prepare_midi,
-    read_midi_roll,
-    render_midi,
-)
+from pipelines.midi import MidiOptions, builtin_rolls, prepare_midi, read_midi_roll, render_midi
 from pipelines.shards import split_of
 
 

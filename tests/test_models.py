@@ -11,20 +11,8 @@ import torch
 from pipelines.stream import collate
 from pipelines.vocab import SPECIALS
 from seqlvm.checkpoint import load_model, save_checkpoint
-from seqlvm.evaluation import (
-    active_units,
-    evaluate,
-    importance_weighted_nll,
-    samples_per_chunk,
-)
-from seqlvm.models import (
-    FRAME_MODALITIES,
-    MODELS,
-    FrameModel,
-    TextModel,
-    build_model,
-    build_model_from_args,
-)
+from seqlvm.evaluation import active_units, evaluate, importance_weighted_nll, samples_per_chunk
+from seqlvm.models import FRAME_MODALITIES, MODELS, FrameModel, TextModel, build_model, build_model_from_args
 
 VOCAB = 50
 

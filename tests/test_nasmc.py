@@ -11,15 +11,8 @@ from torch import distributions as D
 
 from pipelines.errors import SeqlvmError
 from seqlvm.models import MODELS
-from seqlvm.models.nasmc import (
-    NASMC,
-    NASMCConfig,
-    diagonal_gaussian,
-    draw_ancestors,
-    markov_step,
-    normalised_log_weights,
-    smc,
-)
+from seqlvm.models.nasmc import (NASMC, NASMCConfig, diagonal_gaussian, draw_ancestors, markov_step,
+                                 normalised_log_weights, smc)
 
 A, Q, R, S0 = 0.9, 0.5, 1.0, 1.0  # z_t = A z_{t-1} + N(0, Q), x_t = z_t + N(0, R), z_1 ~ N(0, S0)
 SIZES = {"hidden_dim": 8, "latent_dim": 2, "feature_dim": 8, "proposal_hidden_dim": 8, "proposal_components": 2}

@@ -13,15 +13,8 @@ import pytest
 from pipelines.errors import SeqlvmError
 from pipelines.frames import denormalise
 from pipelines.shards import MANIFEST
-from pipelines.strokes import (
-    StrokeOptions,
-    frames_to_strokes,
-    prepare_strokes,
-    render_strokes,
-    strokes_to_frames,
-    subsample,
-    write_iam_xml,
-)
+from pipelines.strokes import (StrokeOptions, frames_to_strokes, prepare_strokes, render_strokes, strokes_to_frames,
+                               subsample, write_iam_xml)
 
 
 def has_distribution(name: str) -> bool:

@@ -40,7 +40,8 @@ def test_prepare_local_file_writes_shards_vocab_and_manifest(tmp_path):
     ids = table.column("ids").to_pylist()
     assert all(len(row) == n for row, n in zip(ids, table.column("length").to_pylist()))
     # Duplicated sentences never straddle splits: the split is a function of the sentence.
-    decoded = {s: {" ".join(vocab.decode(x)) for x in PreparedDataset.open(out).read(s)} for s in ("train", "valid", "test")}
+    dataset = PreparedDataset.open(out)
+    decoded = {s: {" ".join(vocab.decode(x)) for x in dataset.read(s)} for s in ("train", "valid", "test")}
     assert not (decoded["train"] & decoded["valid"]) and not (decoded["train"] & decoded["test"])
     assert json.loads((out / "manifest.json").read_text())["fingerprint"] == manifest["fingerprint"]
 

@@ -10,9 +10,11 @@ from pipelines.errors import SeqlvmError
 from seqlvm.evaluation import COLLAPSE_PENALTY, sweep_objective
 from seqlvm.models import MODELS
 from seqlvm.training.spec import RunSpec
+from tune.request import SweepRequest
+from tune.search import make_sampler
 from tune.space import SpaceSampler, default_space, parse_space
 from tune.summary import best_row
-from tune.sweep import SEARCHES, SweepRequest, make_sampler, sweep_space
+from tune.sweep import SEARCHES, sweep_space
 
 SPACE = {
     "train.kl_anneal": {"choice": ["sigmoid", "linear"]},

@@ -13,22 +13,9 @@ from pipelines.dataset import PreparedDataset
 from pipelines.errors import SeqlvmError
 from pipelines.stream import collate
 from pipelines.vocab import BOS_ID, EOS_ID, PAD_ID, Vocab
-from pipelines.words import (
-    SOURCE,
-    WordOptions,
-    prepare_words,
-    read_frequencies,
-    read_words,
-    wordlist_path,
-)
+from pipelines.words import SOURCE, WordOptions, prepare_words, read_frequencies, read_words, wordlist_path
 from seqlvm.models.rnnlm import RNNLM, RNNLMConfig
-from seqlvm.word_metrics import (
-    cross_entropy,
-    in_vocabulary,
-    oracle_train_metrics,
-    word_log_probs,
-    word_task_metrics,
-)
+from seqlvm.word_metrics import cross_entropy, in_vocabulary, oracle_train_metrics, word_log_probs, word_task_metrics
 
 SMALL = dict(vocab_size=500, corpus_tokens=5000)
 

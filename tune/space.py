@@ -47,11 +47,7 @@ class Dimension:
 
     def distribution(self):
         """The Optuna distribution (for parameter importances); None for a fixed value."""
-        from optuna.distributions import (
-            CategoricalDistribution,
-            FloatDistribution,
-            IntDistribution,
-        )
+        from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
         if self.kind == "fixed":
             return None
         if self.kind == "choice":

@@ -4,37 +4,29 @@ Each trial is a function trainable that builds and fits a Ray Train `TorchTraine
 Train reports reach Tune through `TuneReportCallback`. Optuna proposes the configurations (TPE by default,
 a Gaussian process or random search on request), ASHA stops unpromising trials. MLflow gets a parent run for
 the sweep and a nested child run per trial; at the end the best checkpoint is evaluated, registered as a new
-model version, and made `champion` if it beats the current one.
+model version, and made `champion` if it beats the current one. This module is the driver; the trial, the search
+and the champion have modules of their own.
 """
 from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import time
-import warnings
-from dataclasses import dataclass
 from pathlib import Path
 
-from pipelines.dataset import PreparedDataset
 from pipelines.errors import SeqlvmError, root_cause
 from pipelines.shards import absolute_location
 from seqlvm import tracking
-from seqlvm.checkpoint import local_copy
 from seqlvm.cluster.ray_runtime import ensure_ray
 from seqlvm.models import model_class
 from seqlvm.tracking import registry
-from seqlvm.training import (
-    RunSpec,
-    TrainRequest,
-    build_trainer,
-    evaluate_checkpoint,
-    load_config_file,
-    open_run,
-    prepare_run,
-)
+from seqlvm.training import RunSpec, load_config_file, prepare_run
 from tune import summary
-from tune.space import Dimension, SpaceSampler, default_space, parse_space
+from tune.champion import register_best
+from tune.request import SweepRequest, SweepResult
+from tune.search import build_scheduler, build_search, default_startup_trials
+from tune.space import Dimension, default_space, parse_space
+from tune.trial import TrialContext, run_trial
 
 SEARCHES = ("tpe", "gp", "random")
 SCHEDULERS = ("asha", "none")
@@ -47,77 +39,6 @@ class SweepInterrupted(SeqlvmError):
     """The sweep stopped before its last trial (Ctrl-C); its state is saved for --resume."""
 
     exit_code = 130
-
-
-@dataclass
-class SweepRequest(TrainRequest):
-    """What `seqlvm train` takes (shared by every trial), plus the sweep's own settings."""
-    num_samples: int = 8
-    search: str = "tpe"
-    scheduler: str = "asha"
-    max_concurrent: int | None = None
-    startup_trials: int | None = None
-    min_kl: float | None = None
-    seed: int = 0
-    iw_samples: int = 20
-    registered_name: str | None = None
-    register: bool = True
-
-    def train_request(self) -> TrainRequest:
-        shared = {f.name: getattr(self, f.name) for f in dataclasses.fields(TrainRequest)}
-        return TrainRequest(**{**shared, "data_dir": absolute_location(self.data_dir),
-                               "overrides": list(self.overrides)})
-
-
-@dataclass
-class SweepResult:
-    name: str
-    parent_run_id: str
-    tracking_uri: str
-    rows: list[dict]
-    best: dict | None
-    registered_name: str | None = None
-    version: str | None = None
-    decision: registry.PromotionDecision | None = None
-
-
-# ----------------------------------------------------------------------------------------------- the trial
-
-@dataclass
-class TrialContext:
-    """What every trial shares: the request and dataset of its training run, the sweep's base run spec (each
-    trial varies it with its sampled values), and where the sweep logs."""
-    request: TrainRequest
-    dataset: PreparedDataset
-    spec: RunSpec
-    tracking_uri: str
-    experiment_id: str
-    parent_run_id: str
-    sweep: str
-    train_storage: str
-
-
-def run_trial(params: dict, context: TrialContext) -> None:
-    """One trial: a training run of the sweep's spec with the sampled values, logged as a child of the sweep's
-    MLflow run."""
-    from ray import tune as ray_tune
-    from ray.tune.integration.ray_train import TuneReportCallback
-
-    trial_id = ray_tune.get_context().get_trial_id()
-    spec = context.spec.with_values(params, source=f"trial {trial_id}")
-    # A stable name per trial: a resumed sweep finds the same MLflow run and Train restores the same run.
-    run_name = f"{context.sweep}-{trial_id}"
-    tags = {"mlflow.parentRunId": context.parent_run_id, "seqlvm.sweep": context.sweep,
-            "seqlvm.trial_id": trial_id, "seqlvm.sampled": json.dumps(params)}
-    _, _, task = open_run(context.request, context.dataset, spec, context.tracking_uri, context.experiment_id,
-                          run_name, tags)
-    trainer = build_trainer(context.request, context.dataset, task, trial_id, context.train_storage,
-                            callbacks=[TuneReportCallback()])
-    # The driver closes the MLflow run from Tune's verdict: a trial stopped by the scheduler ends inside fit()
-    # with an exception that is not a failure.
-    result = trainer.fit()
-    if result.metrics.get("stop_reason"):  # repeated NaN/inf losses: the trial is an error, with its reason
-        raise FloatingPointError(result.metrics["stop_reason"])
 
 
 # ------------------------------------------------------------------------------------------ configuration
@@ -141,42 +62,6 @@ def sweep_space(request: SweepRequest, spec: RunSpec) -> tuple[list[Dimension], 
             raise SeqlvmError(f"{source}: tune.space.{dim.name}: {exc}") from None
     min_kl = request.min_kl if request.min_kl is not None else float(raw.get("min_kl", 0.0))
     return dims, min_kl
-
-
-def make_sampler(search: str, seed: int, startup_trials: int):
-    """The Optuna sampler behind --search (also used by benchmarks/search_comparison.py)."""
-    import optuna
-
-    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    if search == "tpe":  # multivariate + group: dependent and conditional dimensions modelled jointly
-        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup_trials, multivariate=True, group=True)
-    if search == "gp":
-        return optuna.samplers.GPSampler(seed=seed, n_startup_trials=startup_trials)
-    return optuna.samplers.RandomSampler(seed=seed)
-
-
-def default_startup_trials(num_samples: int) -> int:
-    """Random trials before the Bayesian model takes over: a quarter of the budget, 2 to 10."""
-    return max(2, min(10, num_samples // 4))
-
-
-def build_search(request: SweepRequest, dims: list[Dimension]):
-    from ray.tune.search.optuna import OptunaSearch
-
-    startup = request.startup_trials or default_startup_trials(request.num_samples)
-    return OptunaSearch(space=SpaceSampler(dims), sampler=make_sampler(request.search, request.seed, startup),
-                        metric="objective", mode="min")
-
-
-def build_scheduler(request: SweepRequest, max_steps: int, eval_every: int):
-    if request.scheduler == "none":
-        return None
-    from ray.tune.schedulers import ASHAScheduler
-
-    # Rungs at 1/4 and 1/2 of training: earlier ones would judge trials before their KL annealing has run.
-    return ASHAScheduler(time_attr="step", max_t=max_steps, grace_period=max(eval_every, max_steps // 4),
-                         reduction_factor=2)
 
 
 def concurrency(request: SweepRequest) -> int:
@@ -309,7 +194,9 @@ def build_tuner(request: SweepRequest, dims: list[Dimension], context: TrialCont
     return ray_tune.Tuner(
         trainable,
         tune_config=ray_tune.TuneConfig(
-            search_alg=build_search(request, dims), scheduler=build_scheduler(request, max_steps, eval_every),
+            search_alg=build_search(dims, request.search, request.seed,
+                                    request.startup_trials or default_startup_trials(request.num_samples)),
+            scheduler=build_scheduler(request.scheduler, max_steps, eval_every),
             metric="objective", mode="min", num_samples=request.num_samples,
             max_concurrent_trials=concurrency(request)),
         run_config=ray_tune.RunConfig(name=request.name, storage_path=storage, verbose=1),
@@ -322,37 +209,3 @@ def tune_storage(request: SweepRequest) -> str:
     return f"{request.storage.rstrip('/')}/tune" if request.storage else str(Path(request.workdir).absolute() / "tune")
 
 
-def register_best(request: SweepRequest, result: SweepResult, dataset: PreparedDataset, model_name: str, min_kl: float,
-                  console=None) -> None:
-    """Evaluate the best trial's checkpoint on the whole validation and test splits, register it, and move
-    the champion alias if it wins. Skipped when a resumed sweep had registered already."""
-    client = tracking.client(result.tracking_uri)
-    parent = client.get_run(result.parent_run_id)
-    name = request.registered_name or registry.default_registered_name(model_name, dataset.source or "data")
-    result.registered_name = name
-    if "seqlvm.registered_version" in parent.data.tags:
-        result.version = parent.data.tags["seqlvm.registered_version"]
-        return
-    best = result.best
-    checkpoint = Path(local_copy(best["checkpoint_path"], request.storage)) / "model.pt"
-    if console:
-        console.print(f"evaluating the best trial {best['trial']} on the validation and test splits "
-                      f"({request.iw_samples} importance samples)")
-    valid = evaluate_checkpoint(str(checkpoint), request.data_dir, "valid", iw_samples=request.iw_samples)
-    test = evaluate_checkpoint(str(checkpoint), request.data_dir, "test", iw_samples=request.iw_samples)
-    tags = {"seqlvm.sweep": result.name, "seqlvm.trial_id": best["trial"], "seqlvm.model": model_name,
-            "seqlvm.data_source": dataset.source, "seqlvm.data_fingerprint": dataset.fingerprint,
-            "seqlvm.min_kl": min_kl, "seqlvm.params": json.dumps(best["params"]),
-            **{f"valid.{k}": _fmt(v) for k, v in valid.items()}, **{f"test.{k}": _fmt(v) for k, v in test.items()}}
-    result.version = registry.register_checkpoint(result.tracking_uri, best["run_id"], checkpoint, name, tags,
-                                                  dataset.manifest)
-    result.decision = registry.promote_if_better(client, name, result.version, valid["nll_bound"],
-                                                 dataset.fingerprint, usable=valid["kl"] >= min_kl)
-    client.set_tag(result.parent_run_id, "seqlvm.registered_version", result.version)
-    client.set_tag(result.parent_run_id, "seqlvm.registered_name", name)
-    tracking.MetricLogger(result.tracking_uri, result.parent_run_id).log(
-        {**{f"best/valid_{k}": v for k, v in valid.items()}, **{f"best/test_{k}": v for k, v in test.items()}}, 0)
-
-
-def _fmt(value: float) -> str:
-    return str(int(value)) if float(value).is_integer() else f"{value:.4f}" if math.isfinite(value) else str(value)

@@ -45,7 +45,8 @@ def add_parsers(sub) -> None:
 
 
 def cmd_tune(args) -> None:
-    from tune.sweep import SweepRequest, run_sweep
+    from tune.request import SweepRequest
+    from tune.sweep import run_sweep
 
     if not args.resume and not args.data:
         raise SeqlvmError("--data is required (except with --resume)")

@@ -2,13 +2,7 @@
 from __future__ import annotations
 
 from pipelines.errors import SeqlvmError
-from seqlvm.models.base import (
-    FRAME_MODALITIES,
-    FrameModel,
-    ModelOutput,
-    SequenceModel,
-    TextModel,
-)
+from seqlvm.models.base import FRAME_MODALITIES, FrameModel, ModelOutput, SequenceModel, TextModel
 from seqlvm.models.dssm import DSSM
 from seqlvm.models.hybrid_vae import HybridVAE
 from seqlvm.models.nasmc import NASMC

@@ -23,8 +23,6 @@ class ModelOutput:
     totals: dict[str, torch.Tensor]
 
 
-
-
 class SequenceModel(nn.Module):
     name: ClassVar[str] = ""
     config_class: ClassVar[type] = object

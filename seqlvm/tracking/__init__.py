@@ -19,5 +19,6 @@ from seqlvm.tracking.runs import (
 )
 
 __all__ = ["MetricLogger", "MetricOutbox", "WORKER_HTTP_SETTINGS", "check_no_credentials", "check_reachable",
-           "client", "default_tracking_uri", "ensure_experiment", "flatten", "log_params", "log_samples", "log_training_figures",
+           "client", "default_tracking_uri", "ensure_experiment", "flatten", "log_params", "log_samples",
+           "log_training_figures",
            "metric_history", "redact", "resolve_tracking_uri", "start_or_resume_run"]

@@ -127,4 +127,5 @@ def log_frame_samples(checkpoint_dir: str, tracking_uri: str, run_id: str) -> No
     torch.manual_seed(0)
     model, _, payload = load_model(checkpoint_dir)
     with tempfile.TemporaryDirectory() as tmp:
-        tracking.log_samples(tracking_uri, run_id, render_prior_samples(model, payload["data_info"], FINAL_SAMPLES, None, tmp))
+        paths = render_prior_samples(model, payload["data_info"], FINAL_SAMPLES, None, tmp)
+        tracking.log_samples(tracking_uri, run_id, paths)

@@ -12,12 +12,7 @@ from pipelines.stream import local_batches
 from seqlvm.evaluation import TOTAL_KEYS, add_totals, summarize
 from seqlvm.models import SequenceModel
 from seqlvm.training.spec import TrainConfig
-from seqlvm.training.step import (
-    apply_gradients,
-    forward,
-    make_optimizer,
-    schedule_weight,
-)
+from seqlvm.training.step import apply_gradients, forward, make_optimizer, schedule_weight
 
 
 def train_locally(model: SequenceModel, sequences: list[np.ndarray], cfg: TrainConfig, steps: int,

@@ -20,14 +20,8 @@ from seqlvm.evaluation import TOTAL_KEYS, add_totals, summarize, sweep_objective
 from seqlvm.models import build_model
 from seqlvm.tracking import WORKER_HTTP_SETTINGS, MetricOutbox
 from seqlvm.training.spec import RunSpec, TrainConfig
-from seqlvm.training.step import (
-    all_weights_finite,
-    apply_gradients,
-    autocast_context,
-    forward,
-    make_optimizer,
-    schedule_weight,
-)
+from seqlvm.training.step import (all_weights_finite, apply_gradients, autocast_context, forward, make_optimizer,
+                                  schedule_weight)
 
 MAX_CONSECUTIVE_NONFINITE = 20  # skipped steps in a row that end a run
 

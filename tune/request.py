@@ -1,0 +1,42 @@
+"""What `seqlvm tune` is asked to do, and what a sweep returns."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from pipelines.shards import absolute_location
+from seqlvm.tracking import registry
+from seqlvm.training import TrainRequest
+
+
+@dataclass
+class SweepRequest(TrainRequest):
+    """What `seqlvm train` takes (shared by every trial), plus the sweep's own settings."""
+    num_samples: int = 8
+    search: str = "tpe"
+    scheduler: str = "asha"
+    max_concurrent: int | None = None
+    startup_trials: int | None = None
+    min_kl: float | None = None
+    seed: int = 0
+    iw_samples: int = 20
+    registered_name: str | None = None
+    register: bool = True
+
+    def train_request(self) -> TrainRequest:
+        shared = {f.name: getattr(self, f.name) for f in dataclasses.fields(TrainRequest)}
+        return TrainRequest(**{**shared, "data_dir": absolute_location(self.data_dir),
+                               "overrides": list(self.overrides)})
+
+
+@dataclass
+class SweepResult:
+    name: str
+    parent_run_id: str
+    tracking_uri: str
+    rows: list[dict]
+    best: dict | None
+    registered_name: str | None = None
+    version: str | None = None
+    decision: registry.PromotionDecision | None = None
+
