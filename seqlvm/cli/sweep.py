@@ -6,13 +6,14 @@ from rich.table import Table
 from pipelines.errors import SeqlvmError
 from seqlvm.cli.output import cell, console, out
 from seqlvm.cli.sample import prior_table, rendered_samples
-from seqlvm.cli.train import STORAGE_HELP
+from seqlvm.cli.train import add_placement_flags
 
 
 def add_parsers(sub) -> None:
     tune = sub.add_parser("tune", help="hyperparameter sweep: Ray Tune over Ray Train trials, best model registered")
     tune.add_argument("--data", help="a folder written by `seqlvm prepare` (not needed with --resume)")
-    tune.add_argument("--model", help="model name (default: the config's model_name, else sentence-vae)")
+    tune.add_argument("--model", help="model name (default: the config's model_name, else sentence-vae for text "
+                                      "and vrnn for frames)")
     tune.add_argument("--config", help="YAML file: `model:`/`train:` as for train, `tune:` with space and min_kl")
     tune.add_argument("--num-samples", type=int, default=8, help="trials in the sweep (default 8)")
     tune.add_argument("--search", default="tpe", choices=["tpe", "gp", "random"],
@@ -29,13 +30,9 @@ def add_parsers(sub) -> None:
     tune.add_argument("--seed", type=int, default=0, help="seed of the search algorithm")
     tune.add_argument("--iw-samples", type=int, default=20,
                       help="importance samples when evaluating the best checkpoint (default 20)")
-    tune.add_argument("--tracking-uri", help="MLflow tracking URI (default $MLFLOW_TRACKING_URI or runs/mlflow.db)")
-    tune.add_argument("--experiment", default="seqlvm", help="MLflow experiment name")
-    tune.add_argument("--name", help="sweep name (default: model and time); --resume continues it")
-    tune.add_argument("--workdir", default="runs", help="local folder for the default MLflow store and Ray storage")
-    tune.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS or a local Ray)")
-    tune.add_argument("--storage", help=STORAGE_HELP)
-    tune.add_argument("--registered-name", help="registered model (default: MODEL-CORPUS, e.g. sentence-vae-shakespeare)")
+    add_placement_flags(tune, name_help="sweep name (default: model and time); --resume continues it")
+    tune.add_argument("--registered-name",
+                      help="registered model (default: MODEL-CORPUS, e.g. sentence-vae-shakespeare)")
     tune.add_argument("--no-register", action="store_true", help="do not register the best checkpoint")
     tune.add_argument("--samples", type=int, default=5, help="prior samples printed (text) or rendered into "
                                                              "WORKDIR/samples (frames) from the registered version")

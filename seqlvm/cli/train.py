@@ -7,21 +7,27 @@ STORAGE_HELP = ("where Ray keeps checkpoints: a URI (s3://bucket/prefix, gs://..
                 "needed on a multi-node cluster (default: WORKDIR/ray, WORKDIR/tune)")
 
 
+def add_placement_flags(parser, name_help: str) -> None:
+    """Where a run or a sweep logs, keeps its files and runs: shared by `train` and `tune`."""
+    parser.add_argument("--tracking-uri", help="MLflow tracking URI (default $MLFLOW_TRACKING_URI or runs/mlflow.db)")
+    parser.add_argument("--experiment", default="seqlvm", help="MLflow experiment name")
+    parser.add_argument("--name", help=name_help)
+    parser.add_argument("--workdir", default="runs", help="local folder for the default MLflow store and Ray storage")
+    parser.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS or a local Ray)")
+    parser.add_argument("--storage", help=STORAGE_HELP)
+
+
 def add_parsers(sub) -> None:
     train = sub.add_parser("train", help="train a model on prepared data with Ray Train, tracked in MLflow")
     train.add_argument("--data", required=True, help="a folder written by `seqlvm prepare`")
-    train.add_argument("--model", help="registered model name (see `seqlvm models`; default sentence-vae)")
+    train.add_argument("--model", help="model name (see `seqlvm models`; default: the config's model_name, else "
+                                       "sentence-vae for text and vrnn for frames)")
     train.add_argument("--config", help="YAML file with `model:` and `train:` sections")
     train.add_argument("--workers", type=int, default=1, help="Ray Train workers (DDP)")
     train.add_argument("--cpus-per-worker", type=float, default=1.0,
                        help="CPUs each worker reserves; also its torch thread count (default 1)")
     train.add_argument("--max-steps", type=int, help="stop after this many optimiser steps")
-    train.add_argument("--tracking-uri", help="MLflow tracking URI (default $MLFLOW_TRACKING_URI or runs/mlflow.db)")
-    train.add_argument("--experiment", default="seqlvm", help="MLflow experiment name")
-    train.add_argument("--name", help="run name; reusing a name resumes that run from its latest checkpoint")
-    train.add_argument("--workdir", default="runs", help="local folder for the default MLflow store and Ray storage")
-    train.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS or a local Ray)")
-    train.add_argument("--storage", help=STORAGE_HELP)
+    add_placement_flags(train, name_help="run name; reusing a name resumes that run from its latest checkpoint")
     train.add_argument("--no-final-eval", action="store_true", help="skip the test-set evaluation at the end")
     train.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. train.lr=0.01")
 
