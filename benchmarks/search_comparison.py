@@ -26,7 +26,7 @@ from pipelines.stream import local_batches
 from pipelines.text import TextOptions, prepare_text
 from pipelines.vocab import Vocab
 from seqlvm.evaluation import evaluate, sweep_objective
-from seqlvm.models import build_model, model_class
+from seqlvm.models import model_class
 from seqlvm.training.local import train_locally
 from seqlvm.training.spec import RunSpec
 from tune.search import default_startup_trials, make_sampler
@@ -50,7 +50,7 @@ def run_search(search: str, seed: int, args, train_data, valid_batches, vocab_si
         trial = study.ask()
         params = propose.propose(trial)
         spec = RunSpec.build(None, FIXED).with_values(params)
-        model = build_model("sentence-vae", dataclasses.asdict(spec.model), vocab_size)
+        model = spec.build_model(vocab_size)
         train_cfg = dataclasses.replace(spec.train, seed=seed)
         started = time.time()
         train_locally(model, train_data, train_cfg, args.steps)

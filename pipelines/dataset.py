@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 
 from pipelines.errors import SeqlvmError
 from pipelines.shards import SPLITS, absolute_location, read_manifest, resolve
-from pipelines.stream import TEXT, Layout
+from pipelines.stream import Layout, layout_of
 from pipelines.vocab import Vocab
 
 
@@ -81,7 +81,7 @@ class PreparedDataset:
 
     @property
     def layout(self) -> Layout:
-        return TEXT if self.is_text else Layout("frames", int(self.frame_dim))
+        return layout_of(self.data_info())
 
     def split_files(self, split: str) -> tuple[pafs.FileSystem, list[str]]:
         """The filesystem and the paths in it of a split's shards."""

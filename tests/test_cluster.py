@@ -44,8 +44,11 @@ def cluster(tmp_path_factory):
 
 
 def client_env(state) -> dict[str, str]:
-    # The conftest turns token authentication off for the in-process Ray; this cluster has it on.
-    return {**os.environ, **state.client_env()}
+    # The conftest turns token authentication off for the in-process Ray; this cluster has it on. MLflow's
+    # set_registry_uri, called by earlier tests in this process, exports MLFLOW_REGISTRY_URI: the cluster's
+    # server is its registry too.
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_REGISTRY_URI"}
+    return {**env, **state.client_env()}
 
 
 def seqlvm(state, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:

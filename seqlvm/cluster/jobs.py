@@ -4,7 +4,6 @@ version installed in the cluster's image) and the settings it needs (the MLflow 
 of it, because a job's runtime environment is shown to anyone who can list jobs."""
 from __future__ import annotations
 
-import importlib.util
 import os
 import re
 import shlex
@@ -14,6 +13,7 @@ import uuid
 from pathlib import Path
 
 from pipelines.errors import SeqlvmError
+from seqlvm import package_folders
 from seqlvm.cluster.ray_runtime import QUIET_ENV
 
 DEFAULT_ADDRESS = "http://127.0.0.1:8265"
@@ -73,8 +73,7 @@ def entrypoint_of(command: list[str]) -> str:
 def code_packages() -> list[str]:
     """The folders of the packages this seqlvm runs from: shipped with a job as Ray `py_modules`, so the code that
     runs on the cluster is this code."""
-    # Found, not imported: the sweeps sit above cluster operations.
-    return [str(Path(importlib.util.find_spec(name).origin).parent) for name in ("seqlvm", "pipelines", "tune")]
+    return [str(folder) for folder in package_folders("seqlvm", "pipelines", "tune")]  # tune found, not imported
 
 
 def job_env(tracking_uri: str | None, extra: list[str]) -> dict[str, str]:

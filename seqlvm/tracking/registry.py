@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipelines.errors import SeqlvmError
-from seqlvm import tracking
+from seqlvm import package_folders, tracking
 
 CHAMPION = "champion"
 # The validation metric versions are compared on, stored as a version tag.
@@ -44,12 +44,8 @@ def default_registered_name(model_name: str, data_source: str) -> str:
 
 
 def model_code_paths() -> list[Path]:
-    """The folders of the packages a registered model carries, each found from where Python imported it: a
-    checkout, an installed wheel, a cluster image, or a Ray job's `py_modules`, where each package has a folder of
-    its own (so no package's place can be derived from another's)."""
-    import pipelines
-    import seqlvm
-    return [Path(package.__file__).resolve().parent for package in (seqlvm, pipelines)]
+    """The folders of the packages a registered model carries."""
+    return package_folders("seqlvm", "pipelines")
 
 
 def check_model_code() -> list[Path]:

@@ -177,6 +177,10 @@ class RunSpec:
             model_config.validate()
         return cls(name, model_config, train_config)
 
+    def build_model(self, input_size: int):
+        """The model this spec describes, for data of `input_size` (a vocabulary's size or a frame size)."""
+        return model_class(self.model_name)(self.model, input_size)
+
     def with_values(self, values: dict[str, Any], source: str = "values") -> "RunSpec":
         """This spec with some fields set (`{"train.lr": 0.01, "model.latent_dim": 8}`), checked like a file."""
         sections = _sections(model_class(self.model_name))

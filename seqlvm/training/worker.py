@@ -3,7 +3,6 @@ evaluate on the validation shard, report metrics and checkpoints. Only rank 0 lo
 checkpoints; every worker calls `ray.train.report`, as Train requires."""
 from __future__ import annotations
 
-import dataclasses
 import os
 import sys
 import tempfile
@@ -17,7 +16,6 @@ import torch.distributed as dist
 from pipelines.stream import layout_of, ray_batches
 from seqlvm.checkpoint import read_checkpoint, save_checkpoint
 from seqlvm.evaluation import TOTAL_KEYS, add_totals, summarize, sweep_objective
-from seqlvm.models import build_model
 from seqlvm.tracking import WORKER_HTTP_SETTINGS, MetricOutbox
 from seqlvm.training.spec import RunSpec, TrainConfig
 from seqlvm.training.step import (all_weights_finite, apply_gradients, autocast_context, forward, make_optimizer,
@@ -80,7 +78,7 @@ class Trainer:
         self.rank, self.world = context.get_world_rank(), context.get_world_size()
         torch.manual_seed(self.cfg.seed * 1000 + self.rank)
         self.device = ray.train.torch.get_device()
-        self.net = build_model(task.spec.model_name, dataclasses.asdict(task.spec.model), task.input_size)
+        self.net = task.spec.build_model(task.input_size)
         self.layout = layout_of(task.data_info)
         self.optimizer = make_optimizer(self.net, self.cfg)
         self.step, self.epoch, self.skipped, self.consecutive_nonfinite = 0, 0, 0, 0
