@@ -5,6 +5,9 @@ import warnings
 
 from tune.space import Dimension, SpaceSampler
 
+SEARCHES = ("tpe", "gp", "random")
+SCHEDULERS = ("asha", "none")
+
 
 def make_sampler(search: str, seed: int, startup_trials: int):
     """The Optuna sampler behind --search (also used by benchmarks/search_comparison.py)."""

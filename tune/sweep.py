@@ -24,12 +24,10 @@ from seqlvm.training import RunSpec, load_config_file, prepare_run
 from tune import summary
 from tune.champion import register_best
 from tune.request import SweepRequest, SweepResult
-from tune.search import build_scheduler, build_search, default_startup_trials
+from tune.search import SCHEDULERS, SEARCHES, build_scheduler, build_search, default_startup_trials
 from tune.space import Dimension, default_space, parse_space
 from tune.trial import TrialContext, run_trial
 
-SEARCHES = ("tpe", "gp", "random")
-SCHEDULERS = ("asha", "none")
 REQUEST_FILE = "seqlvm_sweep.json"  # the sweep's settings, read back by --resume
 # CPUs left to Ray Data's read tasks when deciding how many trials run at once (see seqlvm/ray_runtime.py).
 DATA_CPUS = 2

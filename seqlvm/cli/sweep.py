@@ -7,6 +7,7 @@ from pipelines.errors import SeqlvmError
 from seqlvm.cli.output import cell, console, out
 from seqlvm.cli.sample import prior_table, rendered_samples
 from seqlvm.cli.train import add_placement_flags
+from tune.search import SCHEDULERS, SEARCHES
 
 
 def add_parsers(sub) -> None:
@@ -16,9 +17,9 @@ def add_parsers(sub) -> None:
                                       "and vrnn for frames)")
     tune.add_argument("--config", help="YAML file: `model:`/`train:` as for train, `tune:` with space and min_kl")
     tune.add_argument("--num-samples", type=int, default=8, help="trials in the sweep (default 8)")
-    tune.add_argument("--search", default="tpe", choices=["tpe", "gp", "random"],
+    tune.add_argument("--search", default="tpe", choices=SEARCHES,
                       help="Optuna TPE (default), Optuna Gaussian process, or random search")
-    tune.add_argument("--scheduler", default="asha", choices=["asha", "none"], help="early stopping (default asha)")
+    tune.add_argument("--scheduler", default="asha", choices=SCHEDULERS, help="early stopping (default asha)")
     tune.add_argument("--max-steps", type=int, help="optimiser steps per trial (default: train.max_steps)")
     tune.add_argument("--workers", type=int, default=1, help="Ray Train workers per trial")
     tune.add_argument("--cpus-per-worker", type=float, default=1.0)
