@@ -7,11 +7,14 @@ step instead (`elbo_per_step`, `iw_ll_per_step`).
 """
 from __future__ import annotations
 
+import dataclasses
 import math
+from dataclasses import dataclass
 from typing import Iterable
 
 import torch
 
+from seqlvm.latent_use import active_units, mutual_information, posterior_decodes
 from seqlvm.models.base import SequenceModel, TextModel
 
 TOTAL_KEYS = ("recon", "kl", "sequences", "steps")
@@ -31,15 +34,45 @@ def add_totals(acc: dict[str, float], totals: dict[str, torch.Tensor]) -> None:
         acc[key] = acc.get(key, 0.0) + float(totals[key])
 
 
-# Added to the objective of a model whose KL is below the sweep's minimum: larger than any NLL bound the
-# corpora here produce, so a collapsed model ranks below every model that uses its latent.
+# Added to the objective of a collapsed model: larger than any NLL bound the corpora here produce, so a collapsed
+# model ranks below every model that uses its latent.
 COLLAPSE_PENALTY = 1000.0
 
 
-def sweep_objective(nll_bound: float, kl: float, min_kl: float = 0.0) -> float:
-    """What a sweep minimises: the validation NLL bound, penalised when the KL is under `min_kl` (a model that
-    ignores z must not win a search for a useful latent space; Bowman et al. restricted theirs this way)."""
-    return nll_bound + (COLLAPSE_PENALTY if kl < min_kl else 0.0)
+@dataclass(frozen=True)
+class CollapseGuard:
+    """When a model counts as ignoring its latent (posterior collapse): its validation KL, mutual information
+    I(x; z) or active units below a minimum. A minimum of 0 checks nothing; a figure the model does not report
+    (a model without a global latent has no mutual information) is not checked."""
+    min_kl: float = 0.0
+    min_mutual_info: float = 0.0
+    min_active_units: int = 0
+
+    @classmethod
+    def of(cls, train_config) -> "CollapseGuard":
+        return cls(train_config.min_kl, train_config.min_mutual_info, train_config.min_active_units)
+
+    def collapse(self, metrics: dict[str, float]) -> str | None:
+        """Why a split's metrics (`kl`, `mutual_info`, `active_units`) say the latent is unused, or None."""
+        for name, minimum, unit in (("kl", self.min_kl, " nats"), ("mutual_info", self.min_mutual_info, " nats"),
+                                    ("active_units", self.min_active_units, "")):
+            measured = metrics.get(name)
+            if minimum and measured is not None and measured < minimum:
+                return f"{name} {measured:.3g}{unit} < {minimum:g}"
+        return None
+
+    def objective(self, nll_bound: float, metrics: dict[str, float]) -> float:
+        """What a sweep minimises: the validation NLL bound, plus COLLAPSE_PENALTY when the latent is unused (a
+        model that ignores z must not win a search for a useful latent space)."""
+        return nll_bound + (COLLAPSE_PENALTY if self.collapse(metrics) else 0.0)
+
+    def to_dict(self) -> dict[str, float]:
+        return dataclasses.asdict(self)
+
+    def describe(self) -> str:
+        checks = [f"{name.removeprefix('min_').replace('_', ' ')} >= {value:g}"
+                  for name, value in self.to_dict().items() if value]
+        return ", ".join(checks) if checks else "off"
 
 
 LOGITS_BUDGET_BYTES = 256 * 2**20
@@ -73,29 +106,22 @@ def importance_weighted_nll(model: SequenceModel, batch: dict, num_samples: int,
     return -(torch.logsumexp(log_w, dim=0) - math.log(num_samples))
 
 
-def active_units(means: torch.Tensor, threshold: float = 0.01) -> int:
-    """Latent dimensions whose posterior mean varies across the data: Cov_x(E_q[z]) > threshold (Burda et al.)."""
-    if means.size(0) < 2:
-        return 0
-    return int((means.var(dim=0) > threshold).sum())
-
-
 @torch.no_grad()
 def evaluate(model: SequenceModel, batches: Iterable[dict], iw_samples: int = 0, chunk: int | None = None,
-             device: str | torch.device = "cpu") -> dict[str, float]:
+             device: str | torch.device = "cpu", decode_limit: int = 0) -> dict[str, float]:
     """ELBO terms, NLL bound and perplexity over the batches; with iw_samples > 0 also the importance-weighted
-    NLL and perplexity; with a global latent, the number of active units. Counts are named as the data's:
-    sentences and tokens of text, sequences and steps of frames."""
+    NLL and perplexity; with a global latent, its use: mutual information, active units and, for up to
+    `decode_limit` sentences, the posterior decodes' metrics (`seqlvm.latent_use`). Counts are named as the
+    data's: sentences and tokens of text, sequences and steps of frames."""
     model.eval()
     totals: dict[str, float] = {}
-    iw_total, means = 0.0, []
+    iw_total, posteriors = 0.0, LatentPosteriors(model)
+    batches = [{k: v.to(device) for k, v in batch.items()} for batch in batches]
     for batch in batches:
-        batch = {k: v.to(device) for k, v in batch.items()}
         add_totals(totals, model(batch).totals)
         if iw_samples:
             iw_total += float(importance_weighted_nll(model, batch, iw_samples, chunk).sum())
-        if model.has_global_latent:
-            means.append(model.encode(batch)[0].cpu())
+        posteriors.add(batch)
     if not totals:
         raise ValueError("no batches to evaluate")
     metrics = summarize(totals)
@@ -105,6 +131,32 @@ def evaluate(model: SequenceModel, batches: Iterable[dict], iw_samples: int = 0,
         metrics["iw_nll"] = iw_total / totals["sequences"]
         metrics["iw_ppl"] = math.exp(min(iw_total / totals["steps"], 50.0))
         metrics["iw_ll_per_step"] = -iw_total / totals["steps"]
-    if means:
-        metrics["active_units"] = active_units(torch.cat(means))
+    metrics.update(posteriors.metrics())
+    if decode_limit and isinstance(model, TextModel) and model.has_global_latent:
+        metrics.update(posterior_decodes(model, batches, decode_limit).metrics())
     return metrics
+
+
+class LatentPosteriors:
+    """The posteriors q(z|x) of a model's global latent over the batches it is shown: its mutual information and
+    active units (0 before any batch, so DDP workers always reduce the same keys). Nothing for a model without
+    one."""
+
+    def __init__(self, model: SequenceModel):
+        self.model = model
+        self.mu: list[torch.Tensor] = []
+        self.logvar: list[torch.Tensor] = []
+
+    def add(self, batch: dict) -> None:
+        if self.model.has_global_latent:
+            mu, logvar = self.model.encode(batch)
+            self.mu.append(mu.float().cpu())
+            self.logvar.append(logvar.float().cpu())
+
+    def metrics(self) -> dict[str, float]:
+        if not self.model.has_global_latent:
+            return {}
+        if not self.mu:
+            return {"mutual_info": 0.0, "active_units": 0.0}
+        mu, logvar = torch.cat(self.mu), torch.cat(self.logvar)
+        return {"mutual_info": mutual_information(mu, logvar), "active_units": active_units(mu)}

@@ -27,17 +27,24 @@ def log_normal(x: torch.Tensor, mu: torch.Tensor | float = 0.0, logvar: torch.Te
 
 
 def kl_weight(step: int, schedule: str, *, rate: float = 0.0025, midpoint: int = 2500,
-              warmup_steps: int = 2000, ceiling: float = 1.0) -> float:
+              warmup_steps: int = 2000, ceiling: float = 1.0, cycle_steps: int = 1000,
+              cycle_rise: float = 0.5) -> float:
     """The KL term's weight at a (1-based) training step.
 
     sigmoid: ceiling / (1 + exp(-rate * (step - midpoint))), the logistic curve of Bowman et al., Figure 2;
     linear:  rises from 0 to the ceiling over `warmup_steps` (Kruengkrai 2019 warms up over 10 epochs);
+    cyclical: repeats every `cycle_steps`: rises linearly from 0 over the first `cycle_rise` share of the
+             cycle, then holds the ceiling (Fu et al. 2019); each restart lets the encoder learn again
+             what the decoder ignored while the KL cost was high;
     constant: the ceiling throughout.
     """
     if schedule == "constant":
         return ceiling
     if schedule == "linear":
         return ceiling * min(1.0, step / max(1, warmup_steps))
+    if schedule == "cyclical":
+        position = ((step - 1) % cycle_steps + 1) / cycle_steps
+        return ceiling * min(1.0, position / cycle_rise)
     if schedule == "sigmoid":
         # exp() of a large argument overflows: clip it, the weight is 0 to double precision there anyway.
         return ceiling / (1.0 + math.exp(min(700.0, -rate * (step - midpoint))))

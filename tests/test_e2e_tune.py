@@ -19,6 +19,7 @@ import pandas as pd
 import pytest
 
 from seqlvm import cli, tracking
+from seqlvm.evaluation import COLLAPSE_PENALTY
 from seqlvm.tracking import registry
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(900)]
@@ -29,7 +30,9 @@ TINY_SWEEP = """
 model: {embedding_dim: 32, hidden_dim: 32, latent_dim: 4}
 train: {batch_size: 32, max_steps: 8, log_every: 2, eval_every: 4, eval_batches: 3}
 tune:
-  min_kl: 0.0
+  # 8 steps teach a latent little: no collapse guard here (test_a_sweep_whose_latent_is_unused_... has one)
+  min_mutual_info: 0
+  min_active_units: 0
   space:
     train.kl_anneal: {choice: [sigmoid, linear]}
     train.kl_anneal_rate: {loguniform: [0.3, 1.0], when: {train.kl_anneal: sigmoid}}
@@ -153,3 +156,31 @@ def test_starting_an_existing_sweep_again_asks_for_resume(resumed_sweep, shakesp
     config = workdir.parent / "sweep.yaml"
     assert cli.main(sweep_args(shakespeare, config, workdir, "first", "--num-samples", "1")) == 2
     assert "exists; pass --resume" in capsys.readouterr().err
+
+
+def test_a_sweep_whose_latent_is_unused_crowns_no_champion(ray_session, shakespeare, tmp_path, capsys):
+    """The collapse guard on real trials: with a minimum no 8-step model reaches, the trial is marked collapsed
+    and penalised, and the version registered from it does not become champion."""
+    config = tmp_path / "sweep.yaml"
+    config.write_text(TINY_SWEEP)
+    workdir = tmp_path / "runs"
+    uri = tracking.resolve_tracking_uri(f"sqlite:///{workdir / 'mlflow.db'}", workdir)  # not the exported one
+    args = sweep_args(shakespeare, config, workdir, "guarded", "--num-samples", "1", "--scheduler", "none",
+                      "--min-mutual-info", "100", "--samples", "0", "--tracking-uri", uri)
+    assert cli.main(args) == 0
+    printed = capsys.readouterr()
+    assert "collapse guard: mutual info >= 100, active units >= 0" not in printed.err  # 0 checks nothing
+    assert "collapse guard: mutual info >= 100" in printed.err
+    assert "version 1 is not champion: its latent is unused (mutual_info" in printed.out
+    client = tracking.client(uri)
+    assert registry.current_alias_version(client, NAME) is None
+    version = client.get_model_version(NAME, "1")
+    assert json.loads(version.tags["seqlvm.collapse_guard"])["min_mutual_info"] == 100.0
+    assert "valid.mutual_info" in version.tags and "test.decode_distinct" in version.tags
+    parent = client.search_runs([client.get_experiment_by_name("seqlvm").experiment_id],
+                                "tags.`seqlvm.kind` = 'sweep'")[0]
+    assert parent.data.params["guard.min_mutual_info"] == "100.0" and "collapse guard" in parent.data.params[
+        "objective"]
+    trial = pd.read_csv(client.download_artifacts(parent.info.run_id, "trials.csv")).iloc[0]
+    assert bool(trial["collapsed"]) and trial["objective"] >= COLLAPSE_PENALTY
+    assert 0.0 <= trial["valid_mutual_info"] < 100.0

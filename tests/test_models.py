@@ -223,3 +223,39 @@ def test_every_registered_model_is_a_text_or_a_frame_model():
     for cls in MODELS.values():
         assert issubclass(cls, TextModel) != issubclass(cls, FrameModel), cls.name
         assert cls.modalities == (("text",) if issubclass(cls, TextModel) else FRAME_MODALITIES)
+
+
+class TestSentenceVAEAgainstCollapse:
+    """Free bits and the bag-of-words loss change what the optimiser sees, never the reported ELBO."""
+
+    def outputs(self, **objective):
+        plain, changed = small_vae(), small_vae(**objective)
+        changed.load_state_dict(plain.state_dict(), strict=False)
+        batch, results = random_batch(), []
+        for model in (plain, changed):
+            torch.manual_seed(4)
+            results.append(model(batch, kl_weight=1.0))
+        return results
+
+    def test_free_bits_raise_the_loss_of_small_kls_but_report_the_true_kl(self):
+        plain, floored = self.outputs(free_bits=5.0)  # 5 nats a dimension: far above an untrained model's KL
+        assert floored.totals["kl"] == plain.totals["kl"] and floored.totals["recon"] == plain.totals["recon"]
+        mean_recon = plain.totals["recon"] / plain.totals["sequences"]
+        assert floored.loss.item() == pytest.approx(mean_recon.item() + 4 * 5.0, rel=1e-5)
+        assert floored.loss > plain.loss
+
+    def test_the_bag_of_words_loss_is_added_to_the_loss_only(self):
+        plain, bow = self.outputs(bow_weight=0.5)
+        assert bow.totals["kl"] == plain.totals["kl"] and bow.totals["recon"] == plain.totals["recon"]
+        assert bow.loss > plain.loss
+        bow.loss.backward()  # and it trains the bag-of-words layer
+
+    def test_the_encoder_over_padding_equals_the_packed_encoder(self):
+        model = small_vae()
+        batch = random_batch()
+        packed = torch.nn.utils.rnn.pack_padded_sequence(model.embedding(batch["targets"]), batch["lengths"],
+                                                         batch_first=True, enforce_sorted=False)
+        _, (h_last, _) = model.encoder(packed)
+        mu, logvar = model.to_posterior(h_last[-1]).chunk(2, dim=-1)
+        got_mu, got_logvar = model.encode(batch)
+        assert torch.allclose(got_mu, mu, atol=1e-6) and torch.allclose(got_logvar, logvar, atol=1e-6)

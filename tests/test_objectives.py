@@ -53,6 +53,14 @@ def test_linear_and_constant_schedules():
         kl_weight(1, "cosine")
 
 
+def test_cyclical_schedule_rises_holds_and_restarts():
+    weights = [kl_weight(step, "cyclical", cycle_steps=10, cycle_rise=0.5, ceiling=0.8) for step in range(1, 31)]
+    assert weights[0] == pytest.approx(0.16) and weights[4] == pytest.approx(0.8)  # rises over 5 steps
+    assert weights[4:10] == [pytest.approx(0.8)] * 6  # holds the ceiling for the rest of the cycle
+    assert weights[10] == pytest.approx(0.16) and weights[:10] == weights[10:20] == weights[20:]  # restarts
+    assert kl_weight(7, "cyclical", cycle_steps=10, cycle_rise=1.0) == pytest.approx(0.7)
+
+
 def test_word_dropout_rate_and_protected_positions():
     torch.manual_seed(0)
     tokens = torch.randint(4, 1000, (200, 50))

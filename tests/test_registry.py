@@ -52,9 +52,38 @@ def test_champion_moves_only_to_a_better_version_on_the_same_data(store):
     assert "does not beat" in decisions[1].reason
     assert str(registry.current_alias_version(client, NAME).version) == "3"
     other_data = registry.promote_if_better(client, NAME, "2", 1.0, "another-fingerprint")
-    collapsed = registry.promote_if_better(client, NAME, "2", 1.0, "fp", usable=False)
+    collapsed = registry.promote_if_better(client, NAME, "2", 1.0, "fp", collapse="mutual_info 0.1 nats < 0.5")
     assert not other_data.promoted and not collapsed.promoted
+    assert "latent is unused (mutual_info 0.1 nats < 0.5)" in collapsed.reason
     assert str(registry.current_alias_version(client, NAME).version) == "3"
+
+
+def test_a_version_using_its_latent_replaces_a_champion_that_does_not(store):
+    _, client, _ = store
+    champion = registry.current_alias_version(client, NAME).version
+    try:
+        worse = registry.promote_if_better(client, NAME, "2", 85.0, "fp",
+                                           champion_collapse=lambda tags: "mutual_info 0.1 < 0.5")
+        assert worse.promoted and "left its latent unused (mutual_info 0.1 < 0.5)" in worse.reason
+    finally:
+        registry.set_alias(client, NAME, champion)
+
+
+def test_a_champion_without_the_compared_metric_is_not_compared(store):
+    _, client, _ = store
+    champion = registry.current_alias_version(client, NAME).version
+    client.delete_model_version_tag(NAME, champion, registry.COMPARED_METRIC)
+    try:
+        decision = registry.promote_if_better(client, NAME, "2", 1.0, "fp")
+        assert not decision.promoted and f"has no {registry.COMPARED_METRIC}" in decision.reason
+        assert registry.current_alias_version(client, NAME).version == champion
+    finally:
+        client.set_model_version_tag(NAME, champion, registry.COMPARED_METRIC, "79.0")
+
+
+def test_split_metrics_reads_a_versions_tags():
+    tags = {"valid.kl": "2.5", "valid.mutual_info": "0.1", "test.kl": "9", "valid.note": "n/a", "seqlvm.x": "1"}
+    assert registry.split_metrics(tags, "valid") == {"kl": 2.5, "mutual_info": 0.1}
 
 
 def test_registered_version_loads_with_plain_mlflow_and_samples(store, shakespeare):

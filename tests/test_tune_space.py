@@ -7,14 +7,14 @@ import optuna
 import pytest
 
 from pipelines.errors import SeqlvmError
-from seqlvm.evaluation import COLLAPSE_PENALTY, sweep_objective
+from seqlvm.evaluation import COLLAPSE_PENALTY, CollapseGuard
 from seqlvm.models import MODELS
 from seqlvm.training.spec import RunSpec
 from tune.request import SweepRequest
 from tune.search import make_sampler
 from tune.space import SpaceSampler, default_space, parse_space
 from tune.summary import best_row
-from tune.sweep import SEARCHES, sweep_space
+from tune.sweep import DEFAULT_MIN_KL, DEFAULT_MIN_MUTUAL_INFO, SEARCHES, default_guard, sweep_space
 
 SPACE = {
     "train.kl_anneal": {"choice": ["sigmoid", "linear"]},
@@ -92,8 +92,8 @@ def test_default_space_fits_each_model_and_scales_with_training_length():
     short, long = ({d.name: d for d in default_space(vae_fields, n)} for n in (100, 10_000))
     assert long["train.kl_anneal_midpoint"].high == 100 * short["train.kl_anneal_midpoint"].high
     for model in MODELS:  # every default is a valid key and value
-        dims, min_kl = sweep_space(SweepRequest(data_dir="unused"), spec_of(model, 500))
-        assert dims and min_kl == 0.0
+        dims, guard = sweep_space(SweepRequest(data_dir="unused"), spec_of(model, 500))
+        assert dims and guard == default_guard(MODELS[model])
     srnn = {d.name for d in sweep_space(SweepRequest(data_dir="unused"), spec_of("srnn", 500))[0]}
     assert {"model.smoothing", "model.resq", "train.kl_anneal"} <= srnn and "model.conditional_prior" not in srnn
     rnn = {d.name for d in sweep_space(SweepRequest(data_dir="unused"), spec_of("rnn", 500))[0]}
@@ -101,10 +101,11 @@ def test_default_space_fits_each_model_and_scales_with_training_length():
 
 
 def test_a_collapsed_model_cannot_win():
-    collapsed = sweep_objective(nll_bound=70.0, kl=0.01, min_kl=1.0)
-    useful = sweep_objective(nll_bound=90.0, kl=3.0, min_kl=1.0)
+    guard = CollapseGuard(min_kl=1.0)
+    collapsed = guard.objective(70.0, {"kl": 0.01})
+    useful = guard.objective(90.0, {"kl": 3.0})
     assert collapsed == 70.0 + COLLAPSE_PENALTY and useful == 90.0 and useful < collapsed
-    assert sweep_objective(nll_bound=70.0, kl=0.0) == 70.0  # no minimum: the plain bound
+    assert CollapseGuard().objective(70.0, {"kl": 0.0}) == 70.0  # no minimum: the plain bound
     rows = [{"trial": "a", "objective": collapsed, "checkpoint_path": "/a"},
             {"trial": "b", "objective": useful, "checkpoint_path": "/b"},
             {"trial": "c", "objective": 50.0, "checkpoint_path": None},  # errored before a checkpoint
@@ -127,3 +128,28 @@ def test_each_search_proposes_valid_configurations_past_its_random_start(search)
         study.tell(trial, float(params["model.latent_dim"]))  # an objective the model can learn
         seen.append(params)
     assert len({json.dumps(p, sort_keys=True) for p in seen}) == 5
+
+
+class TestCollapseGuardOfASweep:
+    def guard(self, model="sentence-vae", config=None, **request):
+        return sweep_space(SweepRequest(data_dir="unused", config_file=config, **request), spec_of(model, 500))[1]
+
+    def test_latent_models_are_guarded_by_default(self):
+        assert self.guard() == CollapseGuard(min_mutual_info=DEFAULT_MIN_MUTUAL_INFO, min_active_units=1)
+        assert self.guard("vrnn") == CollapseGuard(min_kl=DEFAULT_MIN_KL)  # latents per step: their KL
+        assert self.guard("rnnlm") == CollapseGuard()  # nothing to collapse
+
+    def test_the_command_line_beats_the_config_which_beats_the_default(self, tmp_path):
+        config = tmp_path / "sweep.yaml"
+        config.write_text("tune:\n  min_mutual_info: 2.0\n  min_kl: 0.3\n")
+        assert self.guard(config=str(config)) == CollapseGuard(0.3, 2.0, 1)
+        assert self.guard(config=str(config), min_mutual_info=1.0) == CollapseGuard(0.3, 1.0, 1)
+        assert self.guard(config=str(config), allow_collapsed=True) == CollapseGuard()
+
+    @pytest.mark.parametrize("text", ["tune:\n  min_kl: -1\n", "tune:\n  min_active_units: lots\n",
+                                      "tune:\n  min_mutual_info: true\n", "tune:\n  min_entropy: 1\n"])
+    def test_a_bad_minimum_is_refused_in_one_line(self, tmp_path, text):
+        config = tmp_path / "sweep.yaml"
+        config.write_text(text)
+        with pytest.raises(SeqlvmError, match=r"sweep.yaml: .*tune\.min_"):
+            self.guard(config=str(config))

@@ -9,13 +9,14 @@ from pathlib import Path
 from pipelines.dataset import PreparedDataset
 from seqlvm import tracking
 from seqlvm.checkpoint import local_copy
+from seqlvm.evaluation import CollapseGuard
 from seqlvm.tracking import registry
 from seqlvm.training import evaluate_checkpoint
 from tune.request import SweepRequest, SweepResult
 
 
-def register_best(request: SweepRequest, result: SweepResult, dataset: PreparedDataset, model_name: str, min_kl: float,
-                  console=None) -> None:
+def register_best(request: SweepRequest, result: SweepResult, dataset: PreparedDataset, model_name: str,
+                  guard: CollapseGuard, console=None) -> None:
     """Evaluate the best trial's checkpoint on the whole validation and test splits, register it, and move
     the champion alias if it wins. Skipped when a resumed sweep had registered already."""
     client = tracking.client(result.tracking_uri)
@@ -32,14 +33,16 @@ def register_best(request: SweepRequest, result: SweepResult, dataset: PreparedD
                       f"({request.iw_samples} importance samples)")
     valid = evaluate_checkpoint(str(checkpoint), request.data_dir, "valid", iw_samples=request.iw_samples)
     test = evaluate_checkpoint(str(checkpoint), request.data_dir, "test", iw_samples=request.iw_samples)
+    result.test_metrics = test
     tags = {"seqlvm.sweep": result.name, "seqlvm.trial_id": best["trial"], "seqlvm.model": model_name,
             "seqlvm.data_source": dataset.source, "seqlvm.data_fingerprint": dataset.fingerprint,
-            "seqlvm.min_kl": min_kl, "seqlvm.params": json.dumps(best["params"]),
+            "seqlvm.collapse_guard": json.dumps(guard.to_dict()), "seqlvm.params": json.dumps(best["params"]),
             **{f"valid.{k}": _fmt(v) for k, v in valid.items()}, **{f"test.{k}": _fmt(v) for k, v in test.items()}}
     result.version = registry.register_checkpoint(result.tracking_uri, best["run_id"], checkpoint, name, tags,
                                                   dataset.manifest)
-    result.decision = registry.promote_if_better(client, name, result.version, valid["nll_bound"],
-                                                 dataset.fingerprint, usable=valid["kl"] >= min_kl)
+    result.decision = registry.promote_if_better(
+        client, name, result.version, valid["nll_bound"], dataset.fingerprint, collapse=guard.collapse(valid),
+        champion_collapse=lambda tags: guard.collapse(registry.split_metrics(tags, "valid")))
     client.set_tag(result.parent_run_id, "seqlvm.registered_version", result.version)
     client.set_tag(result.parent_run_id, "seqlvm.registered_name", name)
     tracking.MetricLogger(result.tracking_uri, result.parent_run_id).log(

@@ -17,7 +17,11 @@ class SweepRequest(TrainRequest):
     scheduler: str = "asha"
     max_concurrent: int | None = None
     startup_trials: int | None = None
+    # The collapse guard's minimums; None: the config's `tune:` value, else the default for the model.
     min_kl: float | None = None
+    min_mutual_info: float | None = None
+    min_active_units: int | None = None
+    allow_collapsed: bool = False  # no guard: any trial may win
     seed: int = 0
     iw_samples: int = 20
     registered_name: str | None = None
@@ -39,4 +43,5 @@ class SweepResult:
     registered_name: str | None = None
     version: str | None = None
     decision: registry.PromotionDecision | None = None
+    test_metrics: dict | None = None  # the registered version's evaluation on the test split
 

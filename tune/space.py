@@ -122,20 +122,24 @@ def default_space(model_fields: set[str], max_steps: int, has_latent: bool = Tru
     """The questions the papers asked, scaled to the sweep's training length; keys the model lacks are dropped,
     and the annealing keys too when it has no latent.
 
-    Annealing kind and shape (Bowman's sigmoid: rate and midpoint; Kruengkrai's linear warm-up), word dropout
-    and decoder dropouts, latent samples with or without hidden-state averaging, and the sizes Bowman's
-    Table 11 tuned. Sigmoid rates are drawn so the curve rises over 5-40% of training. For the frame models:
+    Annealing kind and shape (Bowman's sigmoid: rate and midpoint; Kruengkrai's linear warm-up; Fu et al.'s
+    cycles, 2-4 of them), free bits and the bag-of-words loss, word dropout and decoder dropouts, latent
+    samples with or without hidden-state averaging, and the sizes Bowman's Table 11 tuned. Sigmoid rates are drawn so the curve rises over 5-40% of training. For the frame models:
     VRNN's conditional prior against VRNN-I, SRNN's smoothing against filtering and its Resq parameterisation.
     The deep state-space model's flow and importance samples K (Schmidt & Hofmann, Table 1), the hybrid VAE's
     auxiliary weight alpha and history dropout (Semeniuta et al.), NASMC's particle count.
     """
     steps = max(10, max_steps)
     sigmoid, linear = {"train.kl_anneal": ["sigmoid"]}, {"train.kl_anneal": ["linear"]}
+    cyclical = {"train.kl_anneal": ["cyclical"]}
     dims = [
-        Dimension("train.kl_anneal", "choice", choices=["sigmoid", "linear", "constant"]),
+        Dimension("train.kl_anneal", "choice", choices=["sigmoid", "linear", "cyclical", "constant"]),
         Dimension("train.kl_anneal_rate", "loguniform", 10.0 / steps, 80.0 / steps, when=sigmoid),
         Dimension("train.kl_anneal_midpoint", "int", round(0.2 * steps), round(0.7 * steps), when=sigmoid),
         Dimension("train.kl_warmup_steps", "int", round(0.1 * steps), round(0.8 * steps), when=linear),
+        Dimension("train.kl_cycle_steps", "int", round(0.25 * steps), round(0.5 * steps), when=cyclical),
+        Dimension("model.free_bits", "uniform", 0.0, 1.0),
+        Dimension("model.bow_weight", "choice", choices=[0.0, 1.0]),
         Dimension("train.lr", "loguniform", 3e-4, 3e-3),
         Dimension("model.word_keep_rate", "uniform", 0.0, 1.0),
         Dimension("model.embedding_dropout", "uniform", 0.0, 0.5),

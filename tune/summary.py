@@ -39,6 +39,7 @@ def trial_rows(results, dims: list[Dimension], max_steps: int) -> list[dict]:
             "trial": _trial_id(result), "outcome": outcome, "step": step,
             "objective": objective if objective is not None and math.isfinite(objective) else None,
             "valid_nll_bound": metrics.get("valid/nll_bound"), "valid_kl": metrics.get("valid/kl"),
+            "valid_mutual_info": metrics.get("valid/mutual_info"), "collapsed": bool(metrics.get("collapsed")),
             "checkpoint_path": metrics.get("checkpoint_path"),
             "params": {d.name: result.config[d.name] for d in dims if d.name in (result.config or {})},
             "error": root_cause(result.error) if result.error is not None else "",
@@ -71,9 +72,11 @@ def table_csv(rows: list[dict]) -> str:
     names = sorted({k for r in rows for k in r["params"]})
     buffer = io.StringIO()
     writer = csv.writer(buffer)
-    writer.writerow(["trial", "outcome", "step", "objective", "valid_nll_bound", "valid_kl", *names, "error"])
+    writer.writerow(["trial", "outcome", "step", "objective", "valid_nll_bound", "valid_kl", "valid_mutual_info",
+                     "collapsed", *names, "error"])
     for r in rows:
         writer.writerow([r["trial"], r["outcome"], r["step"], r["objective"], r["valid_nll_bound"], r["valid_kl"],
+                         r["valid_mutual_info"], r["collapsed"],
                          *[r["params"].get(n, "") for n in names], r["error"]])
     return buffer.getvalue()
 

@@ -18,6 +18,7 @@ from pipelines.errors import SeqlvmError, root_cause
 from pipelines.shards import absolute_location
 from seqlvm import tracking
 from seqlvm.cluster.ray_runtime import ensure_ray
+from seqlvm.evaluation import CollapseGuard
 from seqlvm.models import model_class
 from seqlvm.tracking import registry
 from seqlvm.training import RunSpec, load_config_file, prepare_run
@@ -33,6 +34,13 @@ REQUEST_FILE = "seqlvm_sweep.json"  # the sweep's settings, read back by --resum
 DATA_CPUS = 2
 
 
+# The defaults of the collapse guard (docs/sweeps-and-registry.md): a trained sentence VAE whose posterior
+# decodes keep their input's content shows 2-3 nats of I(x; z) on the validation sentences; collapsed ones ~0.2.
+DEFAULT_MIN_MUTUAL_INFO = 0.5
+DEFAULT_MIN_KL = 0.1
+OBJECTIVE = "validation NLL bound, + 1000 for a trial the collapse guard rejects"
+
+
 class SweepInterrupted(SeqlvmError):
     """The sweep stopped before its last trial (Ctrl-C); its state is saved for --resume."""
 
@@ -41,14 +49,17 @@ class SweepInterrupted(SeqlvmError):
 
 # ------------------------------------------------------------------------------------------ configuration
 
-def sweep_space(request: SweepRequest, spec: RunSpec) -> tuple[list[Dimension], float]:
-    """The dimensions (the file's `tune.space`, else the defaults for the spec's model) and the minimum KL, each
-    dimension checked by setting it in the spec."""
+GUARD_KEYS = ("min_kl", "min_mutual_info", "min_active_units")
+
+
+def sweep_space(request: SweepRequest, spec: RunSpec) -> tuple[list[Dimension], CollapseGuard]:
+    """The dimensions (the file's `tune.space`, else the defaults for the spec's model), each checked by setting
+    it in the spec, and the collapse guard the trials are judged by."""
     raw = load_config_file(request.config_file).get("tune") or {}
     source = request.config_file or "defaults"
-    unknown = set(raw) - {"space", "min_kl"}
+    unknown = set(raw) - {"space", *GUARD_KEYS}
     if unknown:
-        raise SeqlvmError(f"{source}: unknown key tune.{sorted(unknown)[0]} (known: space, min_kl)")
+        raise SeqlvmError(f"{source}: unknown key tune.{sorted(unknown)[0]} (known: space, {', '.join(GUARD_KEYS)})")
     model = model_class(spec.model_name)
     model_fields = {f.name for f in dataclasses.fields(model.config_class)}
     dims = (parse_space(raw["space"], source) if raw.get("space")
@@ -58,8 +69,34 @@ def sweep_space(request: SweepRequest, spec: RunSpec) -> tuple[list[Dimension], 
             spec.with_values({dim.name: dim.representative()})
         except SeqlvmError as exc:
             raise SeqlvmError(f"{source}: tune.space.{dim.name}: {exc}") from None
-    min_kl = request.min_kl if request.min_kl is not None else float(raw.get("min_kl", 0.0))
-    return dims, min_kl
+    return dims, collapse_guard(request, raw, model, source)
+
+
+def collapse_guard(request: SweepRequest, tune_section: dict, model, source: str) -> CollapseGuard:
+    """The guard: each minimum from the command line, else the config's `tune:` section, else the default for the
+    model (`default_guard`); none at all with --allow-collapsed."""
+    if request.allow_collapsed:
+        return CollapseGuard()
+    default = default_guard(model)
+    values = {}
+    for key in GUARD_KEYS:
+        value = getattr(request, key)
+        value = value if value is not None else tune_section.get(key, getattr(default, key))
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+            raise SeqlvmError(f"{source}: tune.{key} must be a number >= 0, got {value!r}")
+        values[key] = value
+    return CollapseGuard(float(values["min_kl"]), float(values["min_mutual_info"]), int(values["min_active_units"]))
+
+
+def default_guard(model) -> CollapseGuard:
+    """Collapse-aware by default: a model whose latent is unused cannot win. A global latent must carry
+    DEFAULT_MIN_MUTUAL_INFO nats about its sentence in one active unit at least; a model with latents per step
+    (no mutual information measured) a KL of DEFAULT_MIN_KL nats per sequence. Models without a latent: none."""
+    if not model.has_latent:
+        return CollapseGuard()
+    if model.has_global_latent:
+        return CollapseGuard(min_mutual_info=DEFAULT_MIN_MUTUAL_INFO, min_active_units=1)
+    return CollapseGuard(min_kl=DEFAULT_MIN_KL)
 
 
 def concurrency(request: SweepRequest) -> int:
@@ -118,8 +155,8 @@ def run_sweep(request: SweepRequest, resume: bool = False, console=None) -> Swee
     max_steps = spec.train.max_steps
     if max_steps is None:
         raise SeqlvmError("a sweep needs a training length: set train.max_steps in the config or --max-steps")
-    dims, min_kl = sweep_space(request, spec)
-    spec = spec.with_values({"train.min_kl": min_kl})
+    dims, guard = sweep_space(request, spec)
+    spec = spec.with_values({f"train.{k}": v for k, v in guard.to_dict().items()})
     if request.register:
         registry.check_model_code()
 
@@ -138,7 +175,8 @@ def run_sweep(request: SweepRequest, resume: bool = False, console=None) -> Swee
         "seqlvm.data_fingerprint": dataset.fingerprint})
     tracking.log_params(tracking_uri, parent_run_id, {
         "search": request.search, "scheduler": request.scheduler, "num_samples": request.num_samples,
-        "seed": request.seed, "min_kl": min_kl, "workers": request.workers, "max_steps": max_steps,
+        "seed": request.seed, **{f"guard.{k}": v for k, v in guard.to_dict().items()},
+        "objective": OBJECTIVE, "workers": request.workers, "max_steps": max_steps,
         "space": json.dumps([dataclasses.asdict(d) for d in dims])})
     folder.mkdir(parents=True, exist_ok=True)
     (folder / REQUEST_FILE).write_text(json.dumps(dataclasses.asdict(request), indent=2))
@@ -146,6 +184,7 @@ def run_sweep(request: SweepRequest, resume: bool = False, console=None) -> Swee
         console.print(f"{'resuming' if resume else 'starting'} sweep [bold]{name}[/]: {request.num_samples} "
                       f"trials, {request.search} search, scheduler {request.scheduler} "
                       f"(MLflow run {parent_run_id}, {tracking_uri})")
+        console.print(f"objective: {OBJECTIVE}; collapse guard: {guard.describe()}")
 
     ensure_ray(request.workers * request.cpus_per_worker, request.address)
     context = TrialContext(trial_request, dataset, spec, tracking_uri, experiment_id, parent_run_id, name,
@@ -170,7 +209,7 @@ def run_sweep(request: SweepRequest, resume: bool = False, console=None) -> Swee
         raise SeqlvmError(f"sweep {name}: no trial produced a checkpoint (see the trial errors above)")
     if request.register:
         try:
-            register_best(request, result, dataset, spec.model_name, min_kl, console)
+            register_best(request, result, dataset, spec.model_name, guard, console)
         except Exception as exc:
             tracking.client(tracking_uri).set_terminated(parent_run_id, status="FAILED")
             raise SeqlvmError(f"sweep {name}: its trials finished, but registering the best checkpoint "

@@ -60,10 +60,10 @@ def cmd_sample(args) -> None:
             table.add_row(sentence, mean, "\n".join(samples))
         out.print(table)
     if args.between:
-        table = Table(title="homotopy")
+        path = generate.homotopy(model, vocab, *args.between, steps=args.steps, max_len=args.max_len)
+        table = Table(title="homotopy", caption=f"{len(set(path))} different sentences on the path")
         table.add_column("t", justify="right")
         table.add_column("greedy decode")
-        path = generate.homotopy(model, vocab, *args.between, steps=args.steps, max_len=args.max_len)
         for i, sentence in enumerate(path):
             table.add_row(f"{i / max(1, args.steps - 1):.2f}", sentence)
         out.print(table)

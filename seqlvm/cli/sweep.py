@@ -15,7 +15,8 @@ def add_parsers(sub) -> None:
     tune.add_argument("--data", help="a folder written by `seqlvm prepare` (not needed with --resume)")
     tune.add_argument("--model", help="model name (default: the config's model_name, else sentence-vae for text "
                                       "and vrnn for frames)")
-    tune.add_argument("--config", help="YAML file: `model:`/`train:` as for train, `tune:` with space and min_kl")
+    tune.add_argument("--config", help="YAML file: `model:`/`train:` as for train, `tune:` with space and the "
+                                      "collapse guard's minimums")
     tune.add_argument("--num-samples", type=int, default=8, help="trials in the sweep (default 8)")
     tune.add_argument("--search", default="tpe", choices=SEARCHES,
                       help="Optuna TPE (default), Optuna Gaussian process, or random search")
@@ -26,8 +27,13 @@ def add_parsers(sub) -> None:
     tune.add_argument("--max-concurrent", type=int, help="trials at once (default: what the cluster's CPUs hold)")
     tune.add_argument("--startup-trials", type=int, help="random trials before the Bayesian model takes over "
                                                           "(default: a quarter of the trials, 2 to 10)")
-    tune.add_argument("--min-kl", type=float, help="validation KL (nats) below which a trial is penalised as "
-                                                   "collapsed (default: the config's tune.min_kl, else 0)")
+    guard = tune.add_argument_group("collapse guard", "a trial under any minimum is penalised and never becomes "
+                                                      "champion (default: the config's tune: values, else the "
+                                                      "model's defaults; docs/sweeps-and-registry.md)")
+    guard.add_argument("--min-mutual-info", type=float, help="validation I(x; z) in nats (global latents; default 0.5)")
+    guard.add_argument("--min-active-units", type=int, help="validation active units (global latents; default 1)")
+    guard.add_argument("--min-kl", type=float, help="validation KL in nats (default 0.1 for latents per step)")
+    guard.add_argument("--allow-collapsed", action="store_true", help="no guard: any trial may win")
     tune.add_argument("--seed", type=int, default=0, help="seed of the search algorithm")
     tune.add_argument("--iw-samples", type=int, default=20,
                       help="importance samples when evaluating the best checkpoint (default 20)")
@@ -52,7 +58,9 @@ def cmd_tune(args) -> None:
         data_dir=args.data or "", model_name=args.model, config_file=args.config, overrides=args.overrides,
         num_samples=args.num_samples, search=args.search, scheduler=args.scheduler, max_steps=args.max_steps,
         workers=args.workers, cpus_per_worker=args.cpus_per_worker, max_concurrent=args.max_concurrent,
-        startup_trials=args.startup_trials, min_kl=args.min_kl, seed=args.seed, iw_samples=args.iw_samples,
+        startup_trials=args.startup_trials, min_kl=args.min_kl, min_mutual_info=args.min_mutual_info,
+        min_active_units=args.min_active_units, allow_collapsed=args.allow_collapsed, seed=args.seed,
+        iw_samples=args.iw_samples,
         tracking_uri=args.tracking_uri, experiment=args.experiment, name=args.name, workdir=args.workdir,
         storage=args.storage, address=args.address, registered_name=args.registered_name,
         register=not args.no_register)
@@ -65,6 +73,9 @@ def cmd_tune(args) -> None:
     if result.decision is not None:
         verdict = "is the new champion" if result.decision.promoted else "is not champion"
         out.print(f"version {result.version} {verdict}: {result.decision.reason}")
+    if result.test_metrics and "mutual_info" in result.test_metrics:
+        out.print(latent_use_table(result.test_metrics, f"does version {result.version} use its latent? "
+                                                        "(test split)"))
     out.print(f"MLflow parent run: {result.parent_run_id}  ({result.tracking_uri})")
     if args.samples:
         import torch
@@ -80,15 +91,33 @@ def cmd_tune(args) -> None:
             out.print(prior_table(model, vocab, args.samples, title=f"samples from {uri}"))
 
 
+LATENT_USE_ROWS = (
+    ("mutual_info", "mutual information I(x; z), nats"), ("active_units", "active units"),
+    ("decode_distinct", "distinct posterior decodes (share)"), ("decode_f1", "unigram F1, decode vs its input"),
+    ("decode_f1_shuffled", "unigram F1, decode vs another input"), ("decode_bleu", "BLEU-4, decode vs its input"))
+
+
+def latent_use_table(metrics: dict, title: str) -> Table:
+    table = Table(title=title)
+    table.add_column("measure")
+    table.add_column("value", justify="right")
+    for key, label in LATENT_USE_ROWS:
+        if key in metrics:
+            table.add_row(label, cell(metrics[key]))
+    return table
+
+
 def trials_table(result) -> Table:
     table = Table(title=f"sweep {result.name}")
     names = sorted({k for row in result.rows for k in row["params"]})
-    for column in ("trial", "outcome", "step", "objective", "valid kl", *[n.split(".", 1)[1] for n in names]):
+    for column in ("trial", "outcome", "step", "objective", "valid kl", "valid MI",
+                   *[n.split(".", 1)[1] for n in names]):
         table.add_column(column, justify="left" if column in ("trial", "outcome") else "right")
     for row in result.rows:
         best = "*" if result.best and row["trial"] == result.best["trial"] else ""
-        cells = [row["trial"] + best, row["outcome"], str(row["step"]), cell(row["objective"]),
-                 cell(row["valid_kl"]), *[cell(row["params"].get(n)) for n in names]]
+        outcome = row["outcome"] + (" (collapsed)" if row["collapsed"] else "")
+        cells = [row["trial"] + best, outcome, str(row["step"]), cell(row["objective"]),
+                 cell(row["valid_kl"]), cell(row["valid_mutual_info"]), *[cell(row["params"].get(n)) for n in names]]
         table.add_row(*cells)
     return table
 

@@ -31,7 +31,8 @@ def add_parsers(sub) -> None:
     train.add_argument("--no-final-eval", action="store_true", help="skip the test-set evaluation at the end")
     train.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. train.lr=0.01")
 
-    evaluate = sub.add_parser("evaluate", help="ELBO, KL, NLL bound, importance-weighted NLL, PPL, active units")
+    evaluate = sub.add_parser("evaluate", help="ELBO, KL, NLL bound, importance-weighted NLL, PPL; the latent's use "
+                                                    "(mutual information, active units, posterior decodes)")
     evaluate.add_argument("checkpoint", help="checkpoint folder, training-run folder, runs:/ or models:/ URI")
     evaluate.add_argument("--data", help="prepared data (default: the data the model was trained on)")
     evaluate.add_argument("--split", default="test", choices=["train", "valid", "test"])
@@ -42,6 +43,9 @@ def add_parsers(sub) -> None:
     evaluate.add_argument("--word-samples", type=int, default=100,
                           help="words datasets: importance samples per word type for the cross-entropies to the "
                                "word distributions (default 100)")
+    evaluate.add_argument("--decodes", type=int, default=500,
+                          help="sentence latents: sentences decoded greedily from their posterior mean and scored "
+                               "against their input (F1, BLEU-4, distinct share); 0 for none (default 500)")
     evaluate.add_argument("--tracking-uri", help="MLflow tracking URI for runs:/ and models:/ checkpoints")
 
     sub.add_parser("models", help="list the registered model names")
@@ -68,7 +72,7 @@ def cmd_evaluate(args) -> None:
 
     metrics = evaluate_checkpoint(args.checkpoint, args.data, args.split, iw_samples=args.samples,
                                   chunk=args.chunk, limit=args.limit, tracking_uri=args.tracking_uri,
-                                  console=console, word_samples=args.word_samples)
+                                  console=console, word_samples=args.word_samples, decodes=args.decodes)
     out.print(metrics_table(f"{args.checkpoint} on {args.split}", {args.split: metrics}))
 
 

@@ -7,6 +7,13 @@ weakened by word dropout. The KL to N(0, I) is computed in closed form and weigh
 
 With `latent_samples` L > 1 the reconstruction term is averaged over L samples of z (Kruengkrai Eq. 3), or,
 with `average_hidden`, the L decoder states are averaged at every step before the softmax (Eq. 7-8).
+
+Two training-only terms keep the decoder from ignoring z (posterior collapse); neither changes the reported
+ELBO, whose KL is always the true one:
+- `free_bits` (Kingma et al. 2016): each latent dimension's KL, averaged over the batch, costs at least this
+  many nats, so the optimiser gains nothing by pushing a dimension's KL below it;
+- `bow_weight` (Zhao et al. 2017): z must also predict the sentence's bag of words without the decoder, so it
+  has to carry the sentence's content.
 """
 from __future__ import annotations
 
@@ -34,12 +41,16 @@ class SentenceVAEConfig:
     z_every_step: bool = False
     embedding_dropout: float = 0.0
     hidden_dropout: float = 0.0
+    free_bits: float = 0.0  # nats per latent dimension; 0 = the plain KL term
+    bow_weight: float = 0.0  # weight of the bag-of-words loss; 0 = none
 
     def validate(self) -> None:
         if not 0.0 <= self.word_keep_rate <= 1.0:
             raise SeqlvmError(f"model.word_keep_rate must be in [0, 1], got {self.word_keep_rate}")
         if self.latent_samples < 1 or self.latent_dim < 1:
             raise SeqlvmError("model.latent_samples and model.latent_dim must be at least 1")
+        if self.free_bits < 0 or self.bow_weight < 0:
+            raise SeqlvmError("model.free_bits and model.bow_weight must not be negative")
 
 
 class SentenceVAE(TextModel):
@@ -56,14 +67,16 @@ class SentenceVAE(TextModel):
         self.to_posterior = nn.Linear(config.hidden_dim, 2 * config.latent_dim)
         self.decoder = RNNDecoder(self.embedding, config.hidden_dim, config.latent_dim, config.z_every_step,
                                    config.embedding_dropout, config.hidden_dropout)
+        self.bag_of_words = nn.Linear(config.latent_dim, vocab_size) if config.bow_weight > 0 else None
 
     def encode(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        """q(z|x): (mu, logvar), each (B, latent), from the encoder's last hidden state over `targets`."""
-        embedded = self.embedding(batch["targets"])
-        packed = nn.utils.rnn.pack_padded_sequence(embedded, batch["lengths"].cpu(), batch_first=True,
-                                                   enforce_sorted=False)
-        _, (h_last, _) = self.encoder(packed)
-        mu, logvar = self.to_posterior(h_last[-1]).chunk(2, dim=-1)
+        """q(z|x): (mu, logvar), each (B, latent), from the encoder's hidden state at each sentence's last token.
+
+        The LSTM runs over the padded batch (a packed sequence takes a much slower path on the CPU); the state at
+        the last real token has seen no padding."""
+        states, _ = self.encoder(self.embedding(batch["targets"]))
+        last = states[torch.arange(states.size(0), device=states.device), batch["lengths"] - 1]
+        mu, logvar = self.to_posterior(last).float().chunk(2, dim=-1)
         return mu, logvar
 
     def reconstruction_nll(self, z: torch.Tensor, tokens: torch.Tensor, targets: torch.Tensor,
@@ -88,10 +101,24 @@ class SentenceVAE(TextModel):
         tokens = decoder_inputs(batch, self.config.word_keep_rate, self.training)
         recon = self.reconstruction_nll(z, tokens, batch["targets"], self._group()).mean(0)
         kl = gaussian_kl(mu, logvar)
-        loss = (recon + kl_weight * kl).mean()
+        loss = recon.mean() + kl_weight * self._kl_cost(mu, logvar, kl)
+        if self.bag_of_words is not None:
+            loss = loss + self.config.bow_weight * self._bag_of_words_nll(z, batch["targets"]).mean()
         return ModelOutput(loss, {"recon": recon.sum().detach(), "kl": kl.sum().detach(),
                                   "sequences": torch.tensor(float(mu.size(0))),
                                   "steps": (batch["targets"] != PAD_ID).sum().float()})
+
+    def _kl_cost(self, mu: torch.Tensor, logvar: torch.Tensor, kl: torch.Tensor) -> torch.Tensor:
+        """The KL term the optimiser sees: the mean KL, or with free bits each dimension's batch-mean KL floored."""
+        if not self.config.free_bits:
+            return kl.mean()
+        per_dimension = gaussian_kl(mu.unsqueeze(-1), logvar.unsqueeze(-1)).mean(0)
+        return per_dimension.clamp(min=self.config.free_bits).sum()
+
+    def _bag_of_words_nll(self, z: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """(B,) -log prod_t p_bow(x_t | z) over each sentence's tokens, one softmax over the vocabulary per z."""
+        log_probs = torch.log_softmax(self.bag_of_words(z).float(), dim=-1).mean(0)  # (B, V), over z's samples
+        return -(log_probs.gather(1, targets) * (targets != PAD_ID)).sum(1)
 
     def log_importance_weights(self, batch: dict[str, torch.Tensor], num_samples: int) -> torch.Tensor:
         # With hidden averaging the decoder conditions on `group` latents at once, so one importance sample

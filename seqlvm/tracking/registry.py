@@ -10,6 +10,7 @@ import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from pipelines.errors import SeqlvmError
 from seqlvm import package_folders, tracking
@@ -17,8 +18,8 @@ from seqlvm import package_folders, tracking
 CHAMPION = "champion"
 # The validation metric versions are compared on, stored as a version tag.
 COMPARED_METRIC = "valid.nll_bound"
-SHOWN_METRICS = ("valid.nll_bound", "valid.iw_nll", "valid.kl", "valid.active_units", "test.nll_bound",
-                 "test.iw_nll", "test.ppl_bound")
+SHOWN_METRICS = ("valid.nll_bound", "valid.kl", "valid.mutual_info", "valid.active_units", "test.nll_bound",
+                 "test.iw_nll", "test.decode_distinct", "test.decode_f1")
 HISTORY_TAG = "seqlvm.alias_history"  # JSON {alias: [versions, oldest first]}, for rollback
 MODEL_CODE = Path(__file__).resolve().parent / "pyfunc_model.py"
 
@@ -147,24 +148,46 @@ class PromotionDecision:
     reason: str
 
 
-def promote_if_better(client, name: str, version: str, value: float, fingerprint: str,
-                      usable: bool = True) -> PromotionDecision:
-    """Give `version` the champion alias only if it beats the current champion on the compared validation
-    metric, measured on the same data (the same manifest fingerprint)."""
-    if not usable:
-        return PromotionDecision(False, "its KL is below the sweep's minimum (the latent is unused)")
+def promote_if_better(client, name: str, version: str, value: float, fingerprint: str, collapse: str | None = None,
+                      champion_collapse: Callable[[dict], str | None] = lambda tags: None) -> PromotionDecision:
+    """Give `version` the champion alias only if it beats the current champion like for like: the same compared
+    validation metric, measured on the same data (the same manifest fingerprint). A version whose latent is
+    unused (`collapse` says why) never becomes champion; one that uses it replaces a champion whose tags
+    `champion_collapse` finds collapsed, whatever their bounds."""
+    if collapse:
+        return PromotionDecision(False, f"its latent is unused ({collapse}); see the collapse guard")
     champion = current_alias_version(client, name)
     if champion is not None:
         if champion.tags.get("seqlvm.data_fingerprint") != fingerprint:
             return PromotionDecision(False, f"the champion (version {champion.version}) was measured on other "
                                             "data; promote by hand if intended")
-        best = float(champion.tags.get(COMPARED_METRIC, "inf"))
-        if not value < best:
+        if COMPARED_METRIC not in champion.tags:
+            return PromotionDecision(False, f"the champion (version {champion.version}) has no {COMPARED_METRIC} "
+                                            "to compare with; promote by hand if intended")
+        champion_unused = champion_collapse(champion.tags)
+        best = float(champion.tags[COMPARED_METRIC])
+        if not champion_unused and not value < best:
             return PromotionDecision(False, f"{COMPARED_METRIC} {value:.3f} does not beat the champion's "
                                             f"{best:.3f} (version {champion.version})")
     set_alias(client, name, version)
-    before = f"version {champion.version}" if champion is not None else "no champion"
-    return PromotionDecision(True, f"{COMPARED_METRIC} {value:.3f} beats {before}")
+    if champion is None:
+        return PromotionDecision(True, f"{COMPARED_METRIC} {value:.3f}; there was no champion")
+    if champion_unused:
+        return PromotionDecision(True, f"the champion (version {champion.version}) left its latent unused "
+                                       f"({champion_unused})")
+    return PromotionDecision(True, f"{COMPARED_METRIC} {value:.3f} beats version {champion.version}")
+
+
+def split_metrics(tags: dict, split: str) -> dict[str, float]:
+    """A version's metrics on one split, from its `SPLIT.NAME` tags."""
+    metrics = {}
+    for key, value in tags.items():
+        if key.startswith(f"{split}."):
+            try:
+                metrics[key.split(".", 1)[1]] = float(value)
+            except ValueError:
+                pass
+    return metrics
 
 
 def list_models(client) -> list[dict]:

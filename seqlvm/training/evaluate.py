@@ -8,14 +8,18 @@ from pipelines.stream import local_batches
 from seqlvm.checkpoint import load_model
 from seqlvm.evaluation import evaluate
 
+DECODED_SENTENCES = 500  # posterior decodes scored by an evaluation: enough for a share of distinct ones
+
 
 def evaluate_checkpoint(checkpoint: str, data_dir: str | None, split: str = "test", iw_samples: int = 500,
                         batch_size: int = 64, chunk: int | None = None, limit: int | None = None,
-                        tracking_uri: str | None = None, console=None, seed: int = 0, word_samples: int = 100) -> dict:
+                        tracking_uri: str | None = None, console=None, seed: int = 0, word_samples: int = 100,
+                        decodes: int = DECODED_SENTENCES) -> dict:
     """Metrics of a checkpoint on a split. Seeded, so two checkpoints compared on the same data see the same
-    noise in their sampled bounds. On a words dataset, also the word task's metrics (cross-entropies to the
-    word distributions with `word_samples` importance samples a word, samples in the vocabulary, mutual
-    information)."""
+    noise in their sampled bounds. With a global latent, its use (`seqlvm.latent_use`), the posterior decodes'
+    metrics over the first `decodes` sentences. On a words dataset, also the word task's metrics
+    (cross-entropies to the word distributions with `word_samples` importance samples a word, samples in the
+    vocabulary, mutual information)."""
     import torch
 
     torch.manual_seed(seed)
@@ -31,7 +35,7 @@ def evaluate_checkpoint(checkpoint: str, data_dir: str | None, split: str = "tes
         from rich.progress import track
         batches = track(batches, console=console, transient=True,
                         description=f"evaluating {len(sequences):,} sequences, {iw_samples} importance samples")
-    metrics = evaluate(model, batches, iw_samples, chunk)
+    metrics = evaluate(model, batches, iw_samples, chunk, decode_limit=decodes)
     if dataset.task == "words":
         from seqlvm.word_metrics import word_task_metrics
         if console is not None:

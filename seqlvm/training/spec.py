@@ -19,6 +19,9 @@ from pipelines.errors import SeqlvmError
 from seqlvm.models import model_class
 
 
+KL_SCHEDULES = ("sigmoid", "linear", "cyclical", "constant")
+
+
 @dataclass
 class TrainConfig:
     batch_size: int = 32
@@ -28,11 +31,14 @@ class TrainConfig:
     lr: float = 1e-3
     grad_clip: float = 5.0
     weight_decay: float = 0.0
-    # KL cost annealing: sigmoid (Bowman et al. Fig. 2), linear warm-up (Kruengkrai), or constant.
+    # KL cost annealing: sigmoid (Bowman et al. Fig. 2), linear warm-up (Kruengkrai), cyclical (Fu et al.), or
+    # constant.
     kl_anneal: str = "sigmoid"
     kl_anneal_rate: float = 0.0025
     kl_anneal_midpoint: int = 2500
     kl_warmup_steps: int = 2000
+    kl_cycle_steps: int = 1000
+    kl_cycle_rise: float = 0.5  # the share of each cycle over which the weight rises
     kl_weight: float = 1.0  # the weight for `constant`, and the ceiling of the other schedules
     # Data streaming
     bucket_factor: int = 20  # sort windows of bucket_factor*batch_size sentences by length; 1 = no bucketing
@@ -45,17 +51,22 @@ class TrainConfig:
     keep_checkpoints: int = 3
     seed: int = 0
     use_gpu: bool = False
-    mixed_precision: str = "none"  # none | bf16 | fp16 (GPU only)
-    # Validation KL (nats) below which the reported objective is penalised as collapsed (set by sweeps).
+    mixed_precision: str = "auto"  # auto (bf16 on a CPU with native bf16) | none | bf16 | fp16 (GPU only)
+    # The collapse guard (seqlvm.evaluation.CollapseGuard, set by sweeps): validation KL, mutual information (nats)
+    # and active units below which the reported objective is penalised as collapsed; 0 checks nothing.
     min_kl: float = 0.0
+    min_mutual_info: float = 0.0
+    min_active_units: int = 0
 
     def validate(self) -> None:
-        if self.kl_anneal not in ("sigmoid", "linear", "constant"):
-            raise SeqlvmError(f"train.kl_anneal must be sigmoid, linear or constant, not {self.kl_anneal!r}")
+        if self.kl_anneal not in KL_SCHEDULES:
+            raise SeqlvmError(f"train.kl_anneal must be one of {', '.join(KL_SCHEDULES)}, not {self.kl_anneal!r}")
+        if self.kl_cycle_steps < 1 or not 0.0 < self.kl_cycle_rise <= 1.0:
+            raise SeqlvmError("train.kl_cycle_steps must be at least 1 and train.kl_cycle_rise in (0, 1]")
         if self.optimizer not in ("adam", "sgd"):
             raise SeqlvmError(f"train.optimizer must be adam or sgd, not {self.optimizer!r}")
-        if self.mixed_precision not in ("none", "bf16", "fp16"):
-            raise SeqlvmError(f"train.mixed_precision must be none, bf16 or fp16, not {self.mixed_precision!r}")
+        if self.mixed_precision not in ("auto", "none", "bf16", "fp16"):
+            raise SeqlvmError(f"train.mixed_precision must be auto, none, bf16 or fp16, not {self.mixed_precision!r}")
         for name in ("batch_size", "epochs", "eval_every", "log_every", "bucket_factor"):
             if getattr(self, name) < 1:
                 raise SeqlvmError(f"train.{name} must be at least 1")

@@ -15,11 +15,10 @@ import torch.distributed as dist
 
 from pipelines.stream import layout_of, ray_batches
 from seqlvm.checkpoint import read_checkpoint, save_checkpoint
-from seqlvm.evaluation import TOTAL_KEYS, add_totals, summarize, sweep_objective
+from seqlvm.evaluation import TOTAL_KEYS, CollapseGuard, LatentPosteriors, add_totals, summarize
 from seqlvm.tracking import WORKER_HTTP_SETTINGS, MetricOutbox
 from seqlvm.training.spec import RunSpec, TrainConfig
-from seqlvm.training.step import (all_weights_finite, apply_gradients, autocast_context, forward, make_optimizer,
-                                  schedule_weight)
+from seqlvm.training.step import all_weights_finite, apply_gradients, forward, make_optimizer, schedule_weight
 
 MAX_CONSECUTIVE_NONFINITE = 20  # skipped steps in a row that end a run
 
@@ -54,15 +53,21 @@ def all_reduce_sum(values: dict[str, float], device) -> dict[str, float]:
 
 @torch.no_grad()
 def validate(model, shard, cfg: TrainConfig, device, layout) -> dict[str, float]:
+    """The validation metrics (unprefixed), in full precision so the reported ELBO is the true one; with a global
+    latent, its mutual information and active units (on each worker's shard, averaged over workers)."""
     model.eval()
     totals = {k: 0.0 for k in TOTAL_KEYS}
+    posteriors = LatentPosteriors(model)
     for i, batch in enumerate(ray_batches(shard, cfg.batch_size, cfg.bucket_factor, layout=layout)):
         if cfg.eval_batches is not None and i >= cfg.eval_batches:
             break
-        with autocast_context(cfg, device):
-            add_totals(totals, model({k: v.to(device) for k, v in batch.items()}).totals)
+        batch = {k: v.to(device) for k, v in batch.items()}
+        add_totals(totals, model(batch).totals)
+        posteriors.add(batch)
     model.train()
-    return summarize(all_reduce_sum(totals, device), prefix="valid/")
+    world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+    latent_use = {k: v / world for k, v in all_reduce_sum(posteriors.metrics(), device).items()}
+    return {**summarize(all_reduce_sum(totals, device)), **latent_use}
 
 
 class Trainer:
@@ -237,16 +242,21 @@ class Trainer:
             f"{metrics['train/tokens_per_sec']:8.0f} {'tok' if self.layout.frame_dim is None else 'steps'}/s")
 
     def _evaluate_and_report(self, valid_shard) -> None:
-        metrics = validate(self.net, valid_shard, self.cfg, self.device, self.layout)  # unwrapped: no DDP collectives
+        # The unwrapped model: no DDP collectives.
+        validation = validate(self.net, valid_shard, self.cfg, self.device, self.layout)
+        guard = CollapseGuard.of(self.cfg)
+        metrics = {f"valid/{k}": v for k, v in validation.items()}
         metrics.update(step=self.step, epoch=self.epoch, skipped_steps=self.skipped,
-                       objective=sweep_objective(metrics["valid/nll_bound"], metrics["valid/kl"],
-                                                 self.cfg.min_kl))
+                       objective=guard.objective(validation["nll_bound"], validation),
+                       collapsed=float(guard.collapse(validation) is not None))
         if self.rank == 0:
             self.outbox.add({k: v for k, v in metrics.items() if k.startswith("valid/")}, self.step)
             quality = (f"ppl {metrics['valid/ppl_bound']:8.1f}" if self.layout.frame_dim is None
                        else f"elbo/step {metrics['valid/elbo_per_step']:8.3f}")
+            latent = (f" | MI {validation['mutual_info']:5.2f} | active units {validation['active_units']:.0f}"
+                      if "mutual_info" in validation else "")
             say(f"step {self.step:>6} | valid nll bound {metrics['valid/nll_bound']:8.2f} | "
-                f"kl {metrics['valid/kl']:6.2f} | {quality}")
+                f"kl {metrics['valid/kl']:6.2f} | {quality}{latent}")
         self._checkpoint_and_report(metrics)
 
 
