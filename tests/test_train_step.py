@@ -2,9 +2,13 @@
 so the weights never become NaN; a normal step is."""
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
+from pipelines.stream import collate
+from seqlvm.models import build_model
+from seqlvm.training import step
 from seqlvm.training.spec import TrainConfig
 from seqlvm.training.worker import all_weights_finite, apply_gradients
 
@@ -34,3 +38,26 @@ def test_a_finite_step_is_taken_and_clipped():
 def test_non_finite_weights_are_detected():
     weight, _ = one_weight(float("nan"))
     assert not all_weights_finite(torch.nn.ParameterList([weight]))
+
+
+class TestPrecision:
+    cpu = torch.device("cpu")
+
+    def test_auto_takes_bf16_only_for_a_model_measured_under_it_on_a_cpu_with_native_bf16(self, monkeypatch):
+        vae = build_model("sentence-vae", {"embedding_dim": 8, "hidden_dim": 8, "latent_dim": 2}, 20)
+        dssm = build_model("dssm", {}, 20)  # its flows' triangular solve has no bf16 kernel
+        monkeypatch.setattr(step, "cpu_has_native_bf16", lambda: True)
+        assert step.precision(TrainConfig(), self.cpu, vae) == torch.bfloat16
+        assert step.precision(TrainConfig(), self.cpu, dssm) is None
+        assert step.precision(TrainConfig(mixed_precision="none"), self.cpu, vae) is None
+        assert step.precision(TrainConfig(mixed_precision="fp16"), self.cpu, vae) is None  # fp16: GPU only
+        monkeypatch.setattr(step, "cpu_has_native_bf16", lambda: False)
+        assert step.precision(TrainConfig(), self.cpu, vae) is None
+        assert step.precision(TrainConfig(mixed_precision="auto"), torch.device("cuda"), vae) is None
+
+    def test_a_bf16_step_reports_the_float32_kl(self):
+        vae = build_model("sentence-vae", {"embedding_dim": 8, "hidden_dim": 8, "latent_dim": 2}, 20)
+        batch = collate([np.arange(4, 9), np.arange(5, 8)])
+        out = step.forward(vae, batch, 1.0, TrainConfig(mixed_precision="bf16"), self.cpu)
+        assert out.loss.dtype == torch.float32 and out.totals["kl"].dtype == torch.float32
+        out.loss.backward()

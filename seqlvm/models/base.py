@@ -31,6 +31,9 @@ class SequenceModel(nn.Module):
     has_latent: ClassVar[bool] = True
     # One latent per sequence, read by `encode` and decoded by `decode` (text models only).
     has_global_latent: ClassVar[bool] = False
+    # Whether `train.mixed_precision=auto` trains it under bf16 autocast on a CPU with native bf16: only models
+    # whose ops all run in bf16 and whose speed-up was measured (benchmarks/train_speed.py).
+    bf16_on_cpu: ClassVar[bool] = False
 
     def __init__(self, config):
         super().__init__()

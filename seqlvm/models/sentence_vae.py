@@ -59,6 +59,7 @@ class SentenceVAE(TextModel):
     name = "sentence-vae"
     config_class = SentenceVAEConfig
     has_global_latent = True
+    bf16_on_cpu = True
 
     def __init__(self, config: SentenceVAEConfig, vocab_size: int):
         super().__init__(config, vocab_size)

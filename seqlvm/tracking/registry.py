@@ -19,7 +19,7 @@ CHAMPION = "champion"
 # The validation metric versions are compared on, stored as a version tag.
 COMPARED_METRIC = "valid.nll_bound"
 SHOWN_METRICS = ("valid.nll_bound", "valid.kl", "valid.mutual_info", "valid.active_units", "test.nll_bound",
-                 "test.iw_nll", "test.decode_distinct", "test.decode_f1")
+                 "test.decode_distinct", "test.decode_f1")
 HISTORY_TAG = "seqlvm.alias_history"  # JSON {alias: [versions, oldest first]}, for rollback
 MODEL_CODE = Path(__file__).resolve().parent / "pyfunc_model.py"
 
@@ -219,6 +219,6 @@ def show_model(client, name: str) -> list[dict]:
     rows = []
     for v in sorted(client.search_model_versions(f"name = '{name}'"), key=lambda v: int(v.version)):
         rows.append({"version": v.version, "aliases": ", ".join(aliases.get(str(v.version), [])),
-                     "sweep": v.tags.get("seqlvm.sweep", ""), "run": v.run_id,
+                     "sweep": v.tags.get("seqlvm.sweep", ""),
                      **{k: v.tags.get(k, "") for k in SHOWN_METRICS}})
     return rows

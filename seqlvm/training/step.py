@@ -6,6 +6,7 @@ import contextlib
 
 import torch
 
+from seqlvm.models.base import SequenceModel
 from seqlvm.objectives import kl_weight
 from seqlvm.training.spec import TrainConfig
 
@@ -24,14 +25,14 @@ def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Opti
     return torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
 
 
-def precision(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
-    """The dtype training's forward pass autocasts to, or None for full precision. `auto` takes bfloat16 on a
-    CPU that computes it natively (AMX or AVX512-BF16), where it makes the sentence VAE's step ~1.3x faster;
-    on a GPU it keeps float32, which was as fast there (docs/results.md#gpu). Losses, KL terms and every
-    evaluation stay in float32."""
+def precision(cfg: TrainConfig, device: torch.device, model: SequenceModel) -> torch.dtype | None:
+    """The dtype a training step's forward pass autocasts to, or None for full precision. `auto` takes bfloat16
+    for a model that declares its step measured under it (`bf16_on_cpu`) on a CPU that computes bf16 natively
+    (AMX or AVX512-BF16): the sentence VAE's step is ~1.3x faster there. Elsewhere, and on GPUs (where bf16
+    measured no faster, docs/results.md#gpu), it keeps float32. Losses, KL terms and evaluations stay float32."""
     choice = cfg.mixed_precision
     if choice == "auto":
-        choice = "bf16" if device.type == "cpu" and cpu_has_native_bf16() else "none"
+        choice = "bf16" if device.type == "cpu" and model.bf16_on_cpu and cpu_has_native_bf16() else "none"
     if choice == "fp16" and device.type != "cuda":
         choice = "none"
     return {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[choice]
@@ -42,15 +43,10 @@ def cpu_has_native_bf16() -> bool:
                                                                        "_is_avx512_bf16_supported"))
 
 
-def autocast_context(cfg: TrainConfig, device: torch.device):
-    dtype = precision(cfg, device)
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=dtype)
-
-
 def forward(model, batch: dict, weight: float, cfg: TrainConfig, device):
-    with autocast_context(cfg, device):
+    """The training forward pass; `model` may be wrapped by DDP."""
+    dtype = precision(cfg, device, getattr(model, "module", model))
+    with torch.autocast(device_type=device.type, dtype=dtype) if dtype else contextlib.nullcontext():
         return model({k: v.to(device) for k, v in batch.items()}, kl_weight=weight)
 
 
