@@ -115,9 +115,10 @@ def evaluate(model: SequenceModel, batches: Iterable[dict], iw_samples: int = 0,
     data's: sentences and tokens of text, sequences and steps of frames."""
     model.eval()
     totals: dict[str, float] = {}
-    iw_total, posteriors = 0.0, LatentPosteriors(model)
-    batches = [{k: v.to(device) for k, v in batch.items()} for batch in batches]
-    for batch in batches:
+    iw_total, posteriors, seen = 0.0, LatentPosteriors(model), []
+    for batch in batches:  # streamed: a progress bar wrapping `batches` follows the evaluation
+        batch = {k: v.to(device) for k, v in batch.items()}
+        seen.append(batch)
         add_totals(totals, model(batch).totals)
         if iw_samples:
             iw_total += float(importance_weighted_nll(model, batch, iw_samples, chunk).sum())
@@ -133,7 +134,7 @@ def evaluate(model: SequenceModel, batches: Iterable[dict], iw_samples: int = 0,
         metrics["iw_ll_per_step"] = -iw_total / totals["steps"]
     metrics.update(posteriors.metrics())
     if decode_limit and isinstance(model, TextModel) and model.has_global_latent:
-        metrics.update(posterior_decodes(model, batches, decode_limit).metrics())
+        metrics.update(posterior_decodes(model, seen, decode_limit).metrics())
     return metrics
 
 
