@@ -33,8 +33,9 @@ def resolve_checkpoint(spec: str, tracking_uri: str | None = None) -> Path:
     if spec.startswith(("runs:/", "models:/")):
         import mlflow
 
-        from seqlvm.tracking import resolve_tracking_uri
+        from seqlvm.tracking import check_reachable, resolve_tracking_uri
         uri = resolve_tracking_uri(tracking_uri, Path("runs"))  # the CLI's default store
+        check_reachable(uri)
         mlflow.set_tracking_uri(uri)
         mlflow.set_registry_uri(uri)
         target = Path(tempfile.mkdtemp(prefix="seqlvm-ckpt-"))

@@ -79,3 +79,12 @@ def test_unknown_config_key_fails_before_starting_anything(shakespeare, tmp_path
     assert cli.main(["train", "--data", str(shakespeare), "--workdir", str(tmp_path), "model.nope=1"]) == 2
     assert "unknown config key 'model.nope'" in capsys.readouterr().err
     assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_a_run_larger_than_the_cluster_is_announced(ray_session):
+    from seqlvm.cluster.ray_runtime import capacity_notice
+
+    cpus = ray_session.cluster_resources()["CPU"]
+    assert capacity_notice(1, 1) is None
+    assert f"a node with {cpus + 1:g} CPUs for each worker" in capacity_notice(cpus + 1, 1)
+    assert f"waiting for {2 * cpus:g} CPUs for 2 workers: the cluster has {cpus:g}" in capacity_notice(cpus, 2)

@@ -10,7 +10,7 @@ from pipelines.stream import collate
 from seqlvm.models import build_model
 from seqlvm.training import step
 from seqlvm.training.spec import TrainConfig
-from seqlvm.training.worker import all_weights_finite, apply_gradients
+from seqlvm.training.worker import all_weights_finite, apply_gradients, deterministic_error
 
 
 def one_weight(value: float) -> tuple[torch.nn.Parameter, torch.optim.Optimizer]:
@@ -61,3 +61,12 @@ class TestPrecision:
         out = step.forward(vae, batch, 1.0, TrainConfig(mixed_precision="bf16"), self.cpu)
         assert out.loss.dtype == torch.float32 and out.totals["kl"].dtype == torch.float32
         out.loss.backward()
+
+
+def test_only_errors_a_retry_cannot_fix_end_a_run_at_once():
+    assert deterministic_error(ValueError("hidden_size must be greater than zero"), world=1)
+    assert deterministic_error(RuntimeError("mat1 and mat2 shapes cannot be multiplied"), world=1)
+    assert not deterministic_error(RuntimeError("Connection closed by peer"), world=2)  # a peer died: retry
+    assert not deterministic_error(RuntimeError("CUDA out of memory"), world=1)
+    assert not deterministic_error(torch.distributed.DistError("store timed out"), world=1)
+    assert not deterministic_error(OSError("disk full"), world=1)

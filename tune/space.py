@@ -57,8 +57,13 @@ class Dimension:
         return FloatDistribution(self.low, self.high, log=self.kind == "loguniform")
 
     def representative(self) -> Any:
-        return self.choices[0] if self.kind in ("choice", "fixed") else (
-            int(self.low) if self.kind == "int" else self.low)
+        return self.extremes()[0]
+
+    def extremes(self) -> list[Any]:
+        """The values a trial can take at either end: every choice, or the range's bounds."""
+        if self.kind in ("choice", "fixed"):
+            return list(self.choices)
+        return [int(self.low), int(self.high)] if self.kind == "int" else [self.low, self.high]
 
 
 class SpaceSampler:
@@ -124,10 +129,11 @@ def default_space(model_fields: set[str], max_steps: int, has_latent: bool = Tru
 
     Annealing kind and shape (Bowman's sigmoid: rate and midpoint; Kruengkrai's linear warm-up; Fu et al.'s
     cycles, 2-4 of them), free bits and the bag-of-words loss, word dropout and decoder dropouts, latent
-    samples with or without hidden-state averaging, and the sizes Bowman's Table 11 tuned. Sigmoid rates are drawn so the curve rises over 5-40% of training. For the frame models:
-    VRNN's conditional prior against VRNN-I, SRNN's smoothing against filtering and its Resq parameterisation.
-    The deep state-space model's flow and importance samples K (Schmidt & Hofmann, Table 1), the hybrid VAE's
-    auxiliary weight alpha and history dropout (Semeniuta et al.), NASMC's particle count.
+    samples with or without hidden-state averaging, and the sizes Bowman's Table 11 tuned. Sigmoid rates are
+    drawn so the curve rises over 5-40% of training. For the frame models: VRNN's conditional prior against
+    VRNN-I, SRNN's smoothing against filtering and its Resq parameterisation. The deep state-space model's flow
+    and importance samples K (Schmidt & Hofmann, Table 1), the hybrid VAE's auxiliary weight alpha and history
+    dropout (Semeniuta et al.), NASMC's particle count.
     """
     steps = max(10, max_steps)
     sigmoid, linear = {"train.kl_anneal": ["sigmoid"]}, {"train.kl_anneal": ["linear"]}

@@ -14,14 +14,15 @@ import json
 import time
 from pathlib import Path
 
+from pipelines.dataset import PreparedDataset
 from pipelines.errors import SeqlvmError, root_cause
 from pipelines.shards import absolute_location
 from seqlvm import tracking
-from seqlvm.cluster.ray_runtime import ensure_ray
+from seqlvm.cluster.ray_runtime import capacity_notice, ensure_ray
 from seqlvm.evaluation import CollapseGuard
 from seqlvm.models import model_class
 from seqlvm.tracking import registry
-from seqlvm.training import RunSpec, load_config_file, prepare_run
+from seqlvm.training import RunSpec, load_config_file, prepare_run, try_one_step
 from tune import summary
 from tune.champion import register_best
 from tune.request import SweepRequest, SweepResult
@@ -66,11 +67,24 @@ def sweep_space(request: SweepRequest, spec: RunSpec) -> tuple[list[Dimension], 
     dims = (parse_space(raw["space"], source) if raw.get("space")
             else default_space(model_fields, spec.train.max_steps, model.has_latent))
     for dim in dims:
-        try:
-            spec.with_values({dim.name: dim.representative()})
-        except SeqlvmError as exc:
-            raise SeqlvmError(f"{source}: tune.space.{dim.name}: {exc}") from None
+        for value in dim.extremes():
+            try:
+                spec.with_values({dim.name: value})
+            except SeqlvmError as exc:
+                raise SeqlvmError(f"{source}: tune.space.{dim.name}={value!r}: {exc}") from None
     return dims, collapse_guard(request, raw, model, source)
+
+
+def check_trials_run(dims: list[Dimension], spec: RunSpec, dataset: PreparedDataset, source: str) -> None:
+    """One training step of the trials at the space's corners (every dimension at its first extreme, then at its
+    last), on the driver: a value the validators allow but the model cannot train with fails the sweep before Ray
+    starts, not trial by trial."""
+    for corner in (0, -1):
+        values = {dim.name: dim.extremes()[corner] for dim in dims}
+        try:
+            try_one_step(spec.with_values(values), dataset, source)
+        except SeqlvmError as exc:
+            raise SeqlvmError(f"tune.space at {values}: {exc}") from None
 
 
 def collapse_guard(request: SweepRequest, tune_section: dict, model, source: str) -> CollapseGuard:
@@ -156,7 +170,12 @@ def run_sweep(request: SweepRequest, resume: bool = False, console=None) -> Swee
     max_steps = spec.train.max_steps
     if max_steps is None:
         raise SeqlvmError("a sweep needs a training length: set train.max_steps in the config or --max-steps")
+    if request.scheduler == "asha" and spec.train.eval_every > max_steps:
+        raise SeqlvmError(f"--scheduler asha judges trials at their evaluations, but train.eval_every "
+                          f"({spec.train.eval_every}) is longer than the run ({max_steps} steps); lower "
+                          "train.eval_every or use --scheduler none")
     dims, guard = sweep_space(request, spec)
+    check_trials_run(dims, spec, dataset, request.config_file or "the sweep")
     spec = spec.with_values({f"train.{k}": v for k, v in guard.to_dict().items()})
     if request.register:
         registry.check_model_code()
@@ -188,6 +207,9 @@ def run_sweep(request: SweepRequest, resume: bool = False, console=None) -> Swee
         console.print(f"objective: {OBJECTIVE}; collapse guard: {guard.describe()}")
 
     ensure_ray(request.workers * request.cpus_per_worker, request.address)
+    notice = capacity_notice(request.cpus_per_worker, request.workers)
+    if notice and console:
+        console.print(notice)
     context = TrialContext(trial_request, dataset, spec, tracking_uri, experiment_id, parent_run_id, name,
                            f"{tune_storage(request)}/{name}/train")
     try:

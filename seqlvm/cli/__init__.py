@@ -13,8 +13,17 @@ GROUPS = (data, train, sweep, registry, sample, cluster)
 COMMANDS = {name: command for group in GROUPS for name, command in group.COMMANDS.items()}
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a bad command line gets one line naming the problem (and where the help is), exit code 2."""
+
+    def error(self, message: str):
+        console.print(f"{self.prog}: error: {message} (see {self.prog} --help)", markup=False, highlight=False,
+                      soft_wrap=True)
+        raise SystemExit(2)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="seqlvm", description=__doc__.splitlines()[0])
+    parser = OneLineParser(prog="seqlvm", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     for group in GROUPS:
         group.add_parsers(sub)

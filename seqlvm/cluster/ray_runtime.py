@@ -34,3 +34,20 @@ def ensure_ray(worker_cpus: float = 1, address: str | None = None, dashboard: bo
     import ray.data
     ray.data.DataContext.get_current().enable_progress_bars = False
     return ray
+
+
+def capacity_notice(worker_cpus: float, workers: int) -> str | None:
+    """On a cluster joined by address: what a run's workers need that its live nodes do not have now, in one line,
+    or None. Not an error: an autoscaler may add nodes, and Train waits for them."""
+    import ray
+
+    nodes = [node for node in ray.nodes() if node.get("Alive")]
+    largest = max((node["Resources"].get("CPU", 0.0) for node in nodes), default=0.0)
+    total = sum(node["Resources"].get("CPU", 0.0) for node in nodes)
+    if worker_cpus > largest:
+        return (f"waiting for a node with {worker_cpus:g} CPUs for each worker: the largest of the cluster's "
+                f"{len(nodes)} live nodes has {largest:g} (an autoscaler may add one; Ctrl-C to stop)")
+    if workers * worker_cpus > total:
+        return (f"waiting for {workers * worker_cpus:g} CPUs for {workers} workers: the cluster has {total:g} "
+                "(an autoscaler may add nodes; Ctrl-C to stop)")
+    return None

@@ -20,7 +20,7 @@ MODELS: dict[str, type[SequenceModel]] = {cls.name: cls for cls in (
 def model_class(name: str) -> type[SequenceModel]:
     try:
         return MODELS[name]
-    except KeyError:
+    except (KeyError, TypeError):  # TypeError: a name that is not text, from a config file
         raise SeqlvmError(f"unknown model {name!r} (registered: {', '.join(sorted(MODELS))})") from None
 
 

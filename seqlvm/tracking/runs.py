@@ -117,9 +117,29 @@ def metric_history(tracking_uri: str, run_id: str, key: str) -> tuple[list[int],
     return steps, [by_step[s] for s in steps]
 
 
+PROBE_TIMEOUT_S = 10
+
+
 def check_reachable(tracking_uri: str) -> None:
+    """One line if the tracking store does not answer. A server is probed once first: MLflow's own client retries
+    a refused connection with backoff for minutes before it gives up."""
+    if tracking_uri.startswith(("http://", "https://")):
+        probe_server(tracking_uri)
     try:
         client(tracking_uri).search_experiments(max_results=1)
     except Exception as exc:  # connection errors come in many types
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise SeqlvmError(f"MLflow tracking store {tracking_uri} is not reachable ({reason})") from None
+
+
+def probe_server(tracking_uri: str) -> None:
+    import urllib.error
+    import urllib.request
+
+    try:
+        urllib.request.urlopen(f"{tracking_uri.rstrip('/')}/health", timeout=PROBE_TIMEOUT_S).close()
+    except urllib.error.HTTPError:
+        return  # it answered (an auth proxy may refuse /health): the MLflow client goes on from here
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
         raise SeqlvmError(f"MLflow tracking store {tracking_uri} is not reachable ({reason})") from None

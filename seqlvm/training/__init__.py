@@ -4,8 +4,8 @@ materialisation (`data`), the delivery of a run's last metrics (`delivery`), che
 and a plain single-process loop (`local`). Sweeps use the names below."""
 from seqlvm.training.driver import build_trainer, open_run, run_training
 from seqlvm.training.evaluate import evaluate_checkpoint
-from seqlvm.training.request import TrainRequest, TrainResult, prepare_run
+from seqlvm.training.request import TrainRequest, TrainResult, prepare_run, try_one_step
 from seqlvm.training.spec import RunSpec, TrainConfig, load_config_file
 
 __all__ = ["RunSpec", "TrainConfig", "TrainRequest", "TrainResult", "build_trainer", "evaluate_checkpoint",
-           "load_config_file", "open_run", "prepare_run", "run_training"]
+           "load_config_file", "open_run", "prepare_run", "run_training", "try_one_step"]

@@ -2,6 +2,7 @@
 prepared dataset opened once and the run specification built for it (`prepare_run`)."""
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 
 from pipelines.dataset import PreparedDataset
@@ -67,4 +68,33 @@ def prepare_run(request: TrainRequest) -> tuple[PreparedDataset, RunSpec]:
         raise SeqlvmError("--workers must be at least 1 and --cpus-per-worker above 0")
     if dataset.is_text:
         dataset.vocab  # read now: a missing or broken vocabulary is an error before Ray starts
+    if not (request.address or os.environ.get("RAY_ADDRESS")):
+        cores = os.cpu_count() or 1
+        if request.workers * request.cpus_per_worker > cores:
+            raise SeqlvmError(f"--workers {request.workers} x --cpus-per-worker {request.cpus_per_worker:g} asks for "
+                              f"more CPUs than this machine has ({cores}); the local Ray could never place them")
+    try_one_step(spec, dataset, request.config_file)
     return dataset, spec
+
+
+PREFLIGHT_SEQUENCES = 4
+
+
+def try_one_step(spec: RunSpec, dataset: PreparedDataset, config_file: str | None = None) -> None:
+    """Build the model from the final run specification and run one forward and backward pass on a few real
+    sequences of the training split, on the driver: a configuration the validators let through but the model
+    cannot run with fails here in one line, before Ray starts, instead of in every worker, retried."""
+    from pipelines.stream import local_batches
+
+    source = config_file or "the run configuration"
+    batch = next(iter(local_batches(dataset.read("train", PREFLIGHT_SEQUENCES), PREFLIGHT_SEQUENCES)))
+    try:
+        model = spec.build_model(dataset.input_size)
+        model.train()
+        model(batch, kl_weight=1.0).loss.backward()
+    except SeqlvmError:
+        raise
+    except Exception as exc:  # whatever the model's constructor or forward pass says about a bad value
+        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise SeqlvmError(f"{source}: model {spec.model_name} cannot train with this configuration "
+                          f"({type(exc).__name__}: {message})") from None

@@ -78,7 +78,10 @@ TOP_LEVEL_KEYS = ("model_name", "model", "train", "tune")
 
 def _coerce(value: str) -> Any:
     """Parse an override's value as YAML so `lr=1e-3`, `average_hidden=true` and `max_steps=null` work."""
-    parsed = yaml.safe_load(value)
+    try:
+        parsed = yaml.safe_load(value)
+    except yaml.YAMLError:  # not YAML: the text itself, which the field's type check then judges
+        return value
     return value if parsed is None and value.lower() not in ("null", "none", "~") else parsed
 
 
@@ -161,6 +164,9 @@ class RunSpec:
         source = str(config_file) if config_file else "overrides"
         name = model_name or raw.get("model_name") or default_model
         sections = _sections(model_class(name))
+        for section in sections:
+            if not isinstance(raw.get(section) or {}, dict):
+                raise SeqlvmError(f"{source}: `{section}:` must be a mapping of keys to values")
         data_defaults = {k: v for k, v in (model_defaults or {}).items() if k in sections["model"]}
         values = {"model": {**data_defaults, **(raw.get("model") or {})}, "train": dict(raw.get("train") or {})}
         for section, known in sections.items():

@@ -70,6 +70,16 @@ def validate(model, shard, cfg: TrainConfig, device, layout) -> dict[str, float]
     return {**summarize(all_reduce_sum(totals, device)), **latent_use}
 
 
+def deterministic_error(exc: Exception, world: int) -> bool:
+    """Whether an error in a training step would recur on a retry: one the model's code raises on its input, on
+    a single worker. With several, a peer's death also surfaces in a step (as a RuntimeError), and a retry from
+    the last checkpoint fixes that; running out of memory may not recur either."""
+    if world > 1 or isinstance(exc, dist.DistError) or "out of memory" in str(exc):
+        return False
+    return isinstance(exc, (ValueError, TypeError, IndexError, KeyError, NotImplementedError, ArithmeticError,
+                            AssertionError, RuntimeError))
+
+
 class Trainer:
     """State of one worker's run; `run()` is the loop."""
 
@@ -192,7 +202,15 @@ class Trainer:
             batches = ray_batches(train_shard, cfg.batch_size, cfg.bucket_factor, cfg.shuffle_buffer,
                                   seed=cfg.seed * 100003 + self.epoch * 101 + self.rank, layout=self.layout)
             for batch in batches:
-                totals = self.train_step(batch)
+                try:
+                    totals = self.train_step(batch)
+                except Exception as exc:
+                    if not deterministic_error(exc, self.world):
+                        raise  # Ray Train restarts the workers from the last checkpoint
+                    self.stop_reason = (f"{type(exc).__name__} at step {self.step + 1}: "
+                                        f"{str(exc).strip().splitlines()[0] if str(exc).strip() else ''} "
+                                        "(an error in the model or its configuration: not retried)")
+                    break
                 if totals is not None:
                     add_totals(window, totals)
                 window_seconds += time.time() - clock

@@ -1,0 +1,217 @@
+"""Bad input to every command: each case gets exit code 2, one line on stderr naming the problem, no traceback,
+and leaves every file that existed before (a dataset, checkpoints, an MLflow store with a registered model)
+byte-identical. No case starts Ray: what needs Ray is refused before it starts."""
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from seqlvm import cli, tracking
+
+FIXTURES = Path(__file__).parent / "fixtures"
+DEAD_SERVER = "http://127.0.0.1:9"  # the discard port: nothing listens
+
+
+@pytest.fixture(scope="module")
+def ws(tmp_path_factory) -> Path:
+    """A workspace: a prepared dataset, a frame dataset's checkpoint, a text checkpoint and broken ones, config
+    files, corpora, and an MLflow store with one registered model."""
+    root = tmp_path_factory.mktemp("bad-input")
+    shutil.copytree(FIXTURES / "datasets" / "tiny-text", root / "data")
+    (root / "ckpt").mkdir()
+    shutil.copy(FIXTURES / "checkpoints" / "sentence-vae.pt", root / "ckpt" / "model.pt")
+    shutil.copy(FIXTURES / "checkpoints" / "vrnn.pt", root / "vrnn.pt")
+    whole = (root / "ckpt" / "model.pt").read_bytes()
+    (root / "truncated.pt").write_bytes(whole[: len(whole) // 2])
+    torch.save({"state_dict": {}, "hook": os.system}, root / "code.pt")  # a pickle that would import code
+    (root / "not-a-checkpoint.pt").write_text("hello")
+    files = {
+        "bad.yaml": "model: [unclosed\n", "list.yaml": "- a\n- b\n", "unknown-top.yaml": "modle: {}\n",
+        "negative.yaml": "model: {hidden_dim: -3}\n", "wrong-type.yaml": "train: {lr: fast}\n",
+        "section-not-map.yaml": "model: 3\n", "bad-space.yaml": "tune:\n  space:\n    train.lr: {normal: [1, 2]}\n",
+        "bad-guard.yaml": "tune:\n  min_kl: -1\n", "unknown-tune.yaml": "tune:\n  min_entropy: 1\n",
+        "space-key.yaml": "tune:\n  space:\n    model.nosuch: {uniform: [0, 1]}\n",
+        "space-range.yaml": "tune:\n  space:\n    train.lr: {loguniform: [0.1, 0.01]}\n",
+        "space-untrainable.yaml": "tune:\n  space:\n    model.hidden_dim: {int: [-3, 8]}\n",
+        "space-keep.yaml": "tune:\n  space:\n    model.word_keep_rate: {uniform: [0.5, 1.5]}\n",
+        "empty.txt": "", "corpus.txt": "the king is dead .\nlong live the king .\n" * 20,
+    }
+    for name, text in files.items():
+        (root / name).write_text(text)
+    (root / "latin1.txt").write_bytes("caf\xe9 au lait .\n".encode("latin-1") * 20)
+    (root / "corrupt.mid").write_bytes(b"MThd\x00\x00\x00\x06garbage")
+    (root / "folder.yaml").mkdir()
+    uri = tracking.resolve_tracking_uri(f"sqlite:///{root / 'store' / 'mlflow.db'}", root / "store")
+    tracking.ensure_experiment(uri, "seqlvm", root / "store")
+    from seqlvm.tracking import registry
+    client = tracking.client(uri)
+    run_id = client.create_run(client.get_experiment_by_name("seqlvm").experiment_id).info.run_id
+    registry.register_checkpoint(uri, run_id, root / "ckpt" / "model.pt", "tiny", {"seqlvm.data_fingerprint": "x"},
+                                 {"source": "tiny.txt"})
+    return root
+
+
+def uri(ws: Path) -> str:
+    return f"sqlite:///{ws / 'store' / 'mlflow.db'}"
+
+
+TRAIN = ["train", "--data", "{ws}/data", "--workdir", "{ws}/runs"]
+TUNE = ["tune", "--data", "{ws}/data", "--workdir", "{ws}/runs"]
+
+# (case, command line with {ws} and {uri}, words the error line must contain)
+CASES = [
+    # prepare
+    ("prepare: a source file that does not exist",
+     ["prepare", "text", "--source", "{ws}/nope.txt", "--out", "{ws}/new"], "nope.txt"),
+    ("prepare: an unknown built-in corpus",
+     ["prepare", "text", "--source", "builtin:nope", "--out", "{ws}/new"], "builtin:nope"),
+    ("prepare: over a dataset prepared differently",
+     ["prepare", "text", "--source", "{ws}/corpus.txt", "--out", "{ws}/data"], "--overwrite"),
+    ("prepare: an empty corpus", ["prepare", "text", "--source", "{ws}/empty.txt", "--out", "{ws}/new"], "empty.txt"),
+    ("prepare: a corpus that is not UTF-8",
+     ["prepare", "text", "--source", "{ws}/latin1.txt", "--out", "{ws}/new"], "latin1.txt"),
+    ("prepare: a validation share above 1",
+     ["prepare", "text", "--source", "{ws}/corpus.txt", "--out", "{ws}/new", "--valid-fraction", "2"], "fraction"),
+    ("prepare: a negative vocabulary",
+     ["prepare", "text", "--source", "{ws}/corpus.txt", "--out", "{ws}/new", "--vocab-size", "-5"], "vocab"),
+    ("prepare: a corrupt MIDI file",
+     ["prepare", "midi", "--source", "{ws}/corrupt.mid", "--out", "{ws}/new"], "corrupt.mid"),
+    ("prepare: an unknown modality", ["prepare", "video", "--source", "x", "--out", "{ws}/new"], "invalid choice"),
+    ("prepare: a vocabulary that is not a number",
+     ["prepare", "text", "--source", "{ws}/corpus.txt", "--out", "{ws}/new", "--vocab-size", "many"], "--vocab-size"),
+    # train: data and files
+    ("train: data that does not exist", ["train", "--data", "{ws}/nope", "--workdir", "{ws}/runs"], "nope"),
+    ("train: a folder that is not prepared data", ["train", "--data", "{ws}/ckpt", "--workdir", "{ws}/runs"], "ckpt"),
+    ("train: a config file that does not exist", [*TRAIN, "--config", "{ws}/nope.yaml"], "nope.yaml"),
+    ("train: a config that is not YAML", [*TRAIN, "--config", "{ws}/bad.yaml"], "not valid YAML"),
+    ("train: a config that is a list", [*TRAIN, "--config", "{ws}/list.yaml"], "mapping"),
+    ("train: a config with an unknown section", [*TRAIN, "--config", "{ws}/unknown-top.yaml"], "modle"),
+    ("train: a config section that is not a mapping", [*TRAIN, "--config", "{ws}/section-not-map.yaml"], "model"),
+    ("train: a config path that is a folder", [*TRAIN, "--config", "{ws}/folder.yaml"], "folder.yaml"),
+    ("train: a negative size in the config", [*TRAIN, "--config", "{ws}/negative.yaml"], "hidden_size"),
+    ("train: a word for a number in the config", [*TRAIN, "--config", "{ws}/wrong-type.yaml"], "train.lr"),
+    # train: values
+    ("train: a negative hidden size", [*TRAIN, "model.hidden_dim=-3"], "hidden_size"),
+    ("train: a zero embedding", [*TRAIN, "model.embedding_dim=0"], "sentence-vae"),
+    ("train: a hidden size that is not a number", [*TRAIN, "model.hidden_dim=abc"], "model.hidden_dim"),
+    ("train: a fractional size", [*TRAIN, "model.hidden_dim=2.5"], "integer"),
+    ("train: no latent dimensions", [*TRAIN, "model.latent_dim=0"], "latent_dim"),
+    ("train: no latent samples", [*TRAIN, "model.latent_samples=0"], "latent_samples"),
+    ("train: a keep rate above 1", [*TRAIN, "model.word_keep_rate=2"], "word_keep_rate"),
+    ("train: negative free bits", [*TRAIN, "model.free_bits=-1"], "free_bits"),
+    ("train: a boolean that is not one", [*TRAIN, "model.z_every_step=maybe"], "z_every_step"),
+    ("train: an unknown model key", [*TRAIN, "model.nosuch=1"], "nosuch"),
+    ("train: an unknown section", [*TRAIN, "optim.lr=1"], "optim.lr"),
+    ("train: an override without a value", [*TRAIN, "lr"], "lr"),
+    ("train: a learning rate that is a word", [*TRAIN, "train.lr=fast"], "train.lr"),
+    ("train: batches of none", [*TRAIN, "train.batch_size=0"], "batch_size"),
+    ("train: no epochs", [*TRAIN, "train.epochs=0"], "epochs"),
+    ("train: evaluations never", [*TRAIN, "train.eval_every=0"], "eval_every"),
+    ("train: an unknown schedule", [*TRAIN, "train.kl_anneal=cosine"], "kl_anneal"),
+    ("train: a cycle that never rises", [*TRAIN, "train.kl_anneal=cyclical", "train.kl_cycle_rise=0"], "kl_cycle_rise"),
+    ("train: an unknown optimiser", [*TRAIN, "train.optimizer=rmsprop"], "optimizer"),
+    ("train: an unknown precision", [*TRAIN, "train.mixed_precision=fp8"], "mixed_precision"),
+    ("train: no workers", [*TRAIN, "--workers", "0"], "--workers"),
+    ("train: workers with no CPU", [*TRAIN, "--cpus-per-worker", "0"], "--cpus-per-worker"),
+    ("train: more CPUs than the machine has", [*TRAIN, "--workers", "64", "--cpus-per-worker", "8"], "more CPUs"),
+    ("train: an unknown model", [*TRAIN, "--model", "nosuch"], "nosuch"),
+    ("train: a frame model on text", [*TRAIN, "--model", "vrnn"], "vrnn"),
+    ("train: steps that are not a number", [*TRAIN, "--max-steps", "many"], "--max-steps"),
+    ("train: a tracking server that does not answer", [*TRAIN, "--tracking-uri", DEAD_SERVER], "not reachable"),
+    # tune
+    ("tune: no data", ["tune", "--workdir", "{ws}/runs"], "--data"),
+    ("tune: no trials", [*TUNE, "--num-samples", "0", "--max-steps", "400"], "--num-samples"),
+    ("tune: an unknown search", [*TUNE, "--search", "grid"], "--search"),
+    ("tune: no training length", [*TUNE], "train.max_steps"),
+    ("tune: a run shorter than its first evaluation", [*TUNE, "--max-steps", "30"], "eval_every"),
+    ("tune: a search space of an unknown kind",
+     [*TUNE, "--max-steps", "400", "--config", "{ws}/bad-space.yaml"], "train.lr"),
+    ("tune: a search space over an unknown key",
+     [*TUNE, "--max-steps", "400", "--config", "{ws}/space-key.yaml"], "nosuch"),
+    ("tune: a search range upside down",
+     [*TUNE, "--max-steps", "400", "--config", "{ws}/space-range.yaml"], "low < high"),
+    ("tune: a search range the model cannot train with",
+     [*TUNE, "--max-steps", "400", "--config", "{ws}/space-untrainable.yaml"], "hidden_size"),
+    ("tune: a search range beyond a value's bounds",
+     [*TUNE, "--max-steps", "400", "--config", "{ws}/space-keep.yaml"], "word_keep_rate=1.5"),
+    ("tune: a negative collapse guard", [*TUNE, "--max-steps", "400", "--config", "{ws}/bad-guard.yaml"], "min_kl"),
+    ("tune: an unknown tune key", [*TUNE, "--max-steps", "400", "--config", "{ws}/unknown-tune.yaml"], "min_entropy"),
+    ("tune: a guard that is not a number", [*TUNE, "--min-mutual-info", "lots"], "--min-mutual-info"),
+    ("tune: a bad model value", [*TUNE, "--max-steps", "400", "model.hidden_dim=-3"], "hidden_size"),
+    ("tune: nothing to resume", ["tune", "--resume", "--workdir", "{ws}/runs"], "no sweep to resume"),
+    # evaluate and sample
+    ("evaluate: a checkpoint that does not exist", ["evaluate", "{ws}/nope.pt"], "nope.pt"),
+    ("evaluate: a truncated checkpoint", ["evaluate", "{ws}/truncated.pt", "--data", "{ws}/data"], "truncated.pt"),
+    ("evaluate: a checkpoint that carries code", ["evaluate", "{ws}/code.pt", "--data", "{ws}/data"], "code.pt"),
+    ("evaluate: a file that is no checkpoint", ["evaluate", "{ws}/not-a-checkpoint.pt"], "not-a-checkpoint.pt"),
+    ("evaluate: an unknown split", ["evaluate", "{ws}/ckpt", "--split", "dev"], "--split"),
+    ("evaluate: frames data for a text model", ["evaluate", "{ws}/vrnn.pt", "--data", "{ws}/data"], "data"),
+    ("evaluate: a registered model that does not exist",
+     ["evaluate", "models:/nosuch@champion", "--tracking-uri", "{uri}"], "nosuch"),
+    ("evaluate: an alias that does not exist",
+     ["evaluate", "models:/tiny@champion", "--tracking-uri", "{uri}"], "champion"),
+    ("evaluate: a registry that does not answer",
+     ["evaluate", "models:/tiny/1", "--tracking-uri", DEAD_SERVER], "not reachable"),
+    ("sample: a checkpoint that does not exist", ["sample", "{ws}/nope.pt"], "nope.pt"),
+    ("sample: a truncated checkpoint", ["sample", "{ws}/truncated.pt"], "truncated.pt"),
+    ("sample: a checkpoint that carries code", ["sample", "{ws}/code.pt"], "code.pt"),
+    ("sample: a homotopy of a frame model",
+     ["sample", "{ws}/vrnn.pt", "--between", "a", "b", "--no-log"], "text model"),
+    ("sample: a version that does not exist", ["sample", "models:/tiny/7", "--tracking-uri", "{uri}"], "7"),
+    # registry
+    ("registry: no store here",
+     ["registry", "list", "--tracking-uri", "sqlite:///{ws}/nostore/mlflow.db"], "no MLflow store"),
+    ("registry: a server that does not answer", ["registry", "list", "--tracking-uri", DEAD_SERVER], "not reachable"),
+    ("registry: an unknown model", ["registry", "show", "nosuch", "--tracking-uri", "{uri}"], "nosuch"),
+    ("registry: promoting an unknown version",
+     ["registry", "promote", "tiny", "9", "--tracking-uri", "{uri}"], "version 9"),
+    ("registry: promoting in an unknown model",
+     ["registry", "promote", "nosuch", "1", "--tracking-uri", "{uri}"], "nosuch"),
+    ("registry: rolling back with no history", ["registry", "rollback", "tiny", "--tracking-uri", "{uri}"], "tiny"),
+    ("registry: an unknown action", ["registry", "delete", "tiny"], "invalid choice"),
+    # cluster jobs
+    ("submit: a cluster that does not answer",
+     ["submit", "--address", DEAD_SERVER, "--", "seqlvm", "models"], "127.0.0.1:9"),
+    ("submit: a GCS address for the Jobs API",
+     ["submit", "--address", "127.0.0.1:6379", "--", "seqlvm", "models"], "http"),
+    ("submit: a secret in the job's environment",
+     ["submit", "--address", DEAD_SERVER, "--env", "AWS_SECRET_ACCESS_KEY=x", "--", "seqlvm", "models"],
+     "AWS_SECRET_ACCESS_KEY"),
+    ("jobs: a cluster that does not answer", ["jobs", "list", "--address", DEAD_SERVER], "127.0.0.1:9"),
+    ("no command at all", [], "command"),
+]
+
+
+def snapshot(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file() and os.access(p, os.R_OK)}
+
+
+def test_the_table_is_large():
+    assert len(CASES) >= 60 and len({case for case, _, _ in CASES}) == len(CASES)
+
+
+@pytest.mark.parametrize("case, argv, words", CASES, ids=[case for case, _, _ in CASES])
+def test_bad_input_is_refused_in_one_line_and_changes_nothing(ws, case, argv, words, capsys, monkeypatch):
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("MLFLOW_REGISTRY_URI", raising=False)
+    before = snapshot(ws)
+    argv = [arg.format(ws=ws, uri=uri(ws)) for arg in argv]
+    try:
+        code = cli.main(argv)
+    except SystemExit as exc:  # argparse
+        code = exc.code
+    err = capsys.readouterr().err
+    assert code == 2, f"{case}: exit code {code}\n{err}"
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, f"{case}: {len(lines)} lines on stderr:\n{err}"
+    assert "Traceback" not in err and words in lines[0], f"{case}: {lines[0]!r} does not name {words!r}"
+    assert snapshot(ws) == before, f"{case}: files changed"
+    import ray
+    assert not ray.is_initialized(), f"{case}: Ray was started"
