@@ -2,6 +2,8 @@
 workers, read the MLflow run back, resume, evaluate and sample through the CLI."""
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from pipelines.vocab import Vocab
@@ -82,9 +84,20 @@ def test_unknown_config_key_fails_before_starting_anything(shakespeare, tmp_path
 
 
 def test_a_run_larger_than_the_cluster_is_announced(ray_session):
-    from seqlvm.cluster.ray_runtime import capacity_notice
+    from seqlvm.cluster.ray_runtime import capacity_notice, capacity_watch
 
     cpus = ray_session.cluster_resources()["CPU"]
     assert capacity_notice(1, 1) is None
     assert f"a node with {cpus + 1:g} CPUs for each worker" in capacity_notice(cpus + 1, 1)
     assert f"waiting for {2 * cpus:g} CPUs for 2 workers: the cluster has {cpus:g}" in capacity_notice(cpus, 2)
+
+    said = []
+    with capacity_watch(cpus + 1, 1, said.append, every_s=0.05):
+        deadline = time.time() + 30
+        while len(said) < 3 and time.time() < deadline:  # it keeps saying what is missing
+            time.sleep(0.05)
+    assert len(said) >= 3 and all("for each worker" in line for line in said)
+    quiet = []
+    with capacity_watch(1, 1, quiet.append, every_s=0.05):
+        pass
+    assert quiet == []

@@ -18,7 +18,7 @@ from pipelines.dataset import PreparedDataset
 from pipelines.errors import SeqlvmError, root_cause
 from pipelines.shards import absolute_location
 from seqlvm import tracking
-from seqlvm.cluster.ray_runtime import capacity_notice, ensure_ray
+from seqlvm.cluster.ray_runtime import capacity_watch, ensure_ray
 from seqlvm.evaluation import CollapseGuard
 from seqlvm.models import model_class
 from seqlvm.tracking import registry
@@ -207,13 +207,11 @@ def run_sweep(request: SweepRequest, resume: bool = False, console=None) -> Swee
         console.print(f"objective: {OBJECTIVE}; collapse guard: {guard.describe()}")
 
     ensure_ray(request.workers * request.cpus_per_worker, request.address)
-    notice = capacity_notice(request.cpus_per_worker, request.workers)
-    if notice and console:
-        console.print(notice)
     context = TrialContext(trial_request, dataset, spec, tracking_uri, experiment_id, parent_run_id, name,
                            f"{tune_storage(request)}/{name}/train")
     try:
-        results = build_tuner(request, dims, context, max_steps, spec.train.eval_every, resume).fit()
+        with capacity_watch(request.cpus_per_worker, request.workers, console.print if console else print):
+            results = build_tuner(request, dims, context, max_steps, spec.train.eval_every, resume).fit()
     except Exception as exc:
         tracking.client(tracking_uri).set_terminated(parent_run_id, status="FAILED")
         raise SeqlvmError(f"sweep {name} failed: {root_cause(exc)}") from exc

@@ -4,8 +4,10 @@ The dashboard (on 127.0.0.1) is on by default: Train's placement-group cleaner q
 through it, and without it groups leak and Tune trials wait forever for workers."""
 from __future__ import annotations
 
+import contextlib
 import math
 import os
+import threading
 
 from pipelines.errors import SeqlvmError
 
@@ -51,3 +53,26 @@ def capacity_notice(worker_cpus: float, workers: int) -> str | None:
         return (f"waiting for {workers * worker_cpus:g} CPUs for {workers} workers: the cluster has {total:g} "
                 "(an autoscaler may add nodes; Ctrl-C to stop)")
     return None
+
+
+@contextlib.contextmanager
+def capacity_watch(worker_cpus: float, workers: int, say, every_s: float = 15.0):
+    """While the body runs (a Train fit, a sweep): every `every_s` seconds, as long as the cluster's live nodes
+    lack what the workers need, say what is missing; quiet once they have it."""
+    done = threading.Event()
+
+    def watch():
+        while not done.is_set():
+            notice = capacity_notice(worker_cpus, workers)
+            if notice is None:
+                return
+            say(notice)
+            done.wait(every_s)
+
+    thread = threading.Thread(target=watch, name="capacity-watch", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+        thread.join(timeout=5)

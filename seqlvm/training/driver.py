@@ -9,7 +9,7 @@ from pipelines.dataset import PreparedDataset
 from pipelines.errors import SeqlvmError, root_cause
 from seqlvm import tracking
 from seqlvm.checkpoint import load_model, local_copy
-from seqlvm.cluster.ray_runtime import capacity_notice, ensure_ray
+from seqlvm.cluster.ray_runtime import capacity_watch, ensure_ray
 from seqlvm.training.data import training_dataset
 from seqlvm.training.delivery import deliver_pending_metrics
 from seqlvm.training.evaluate import evaluate_checkpoint
@@ -70,11 +70,9 @@ def run_training(request: TrainRequest, console=None) -> TrainResult:
         console.print(f"{verb} run [bold]{run_name}[/] (MLflow run {run_id}, {tracking_uri})")
 
     ensure_ray(request.workers * request.cpus_per_worker, request.address)
-    notice = capacity_notice(request.cpus_per_worker, request.workers)
-    if notice and console:
-        console.print(notice)
     try:
-        result = build_trainer(request, dataset, task, run_name, storage_root(request)).fit()
+        with capacity_watch(request.cpus_per_worker, request.workers, console.print if console else print):
+            result = build_trainer(request, dataset, task, run_name, storage_root(request)).fit()
     except Exception as exc:
         fail_run(tracking_uri, run_id, f"training run {run_name} failed: {root_cause(exc)}", exc)
     if result.metrics.get("stop_reason"):
