@@ -101,3 +101,27 @@ def test_a_run_larger_than_the_cluster_is_announced(ray_session):
     with capacity_watch(1, 1, quiet.append, every_s=0.05):
         pass
     assert quiet == []
+
+
+def test_an_error_a_retry_cannot_fix_ends_the_run_at_once_on_every_worker(ray_session, shakespeare, tmp_path):
+    """The hybrid VAE's fixed-size decoder refuses texts longer than model.max_length. The check before Ray trains
+    one step on the first sentences, short enough; a later batch is not: the workers stop together at that step,
+    once, and the MLflow run is FAILED with the reason."""
+    from pipelines.dataset import PreparedDataset
+    from pipelines.errors import SeqlvmError
+    from seqlvm.training.request import PREFLIGHT_SEQUENCES
+
+    longest_checked = max(len(s) for s in PreparedDataset.open(shakespeare).read("train", PREFLIGHT_SEQUENCES))
+    request = TrainRequest(data_dir=str(shakespeare), model_name="hybrid-vae", workers=2, max_steps=40,
+                           overrides=["train.batch_size=16", f"model.max_length={longest_checked}",
+                                      "train.eval_every=100"], workdir=str(tmp_path), name="too-long")
+    with pytest.raises(SeqlvmError) as refused:
+        run_training(request)
+    reason = str(refused.value)
+    assert f"hybrid-vae reads texts of at most {longest_checked} tokens" in reason or "another worker" in reason
+    # "stopped", not "failed": the workers returned with the reason instead of raising, which is what Ray
+    # Train retries
+    assert "training run too-long stopped: step" in reason and "not retried" in reason and "\n" not in reason
+    client = tracking.client(tracking.resolve_tracking_uri(None, tmp_path))
+    run = client.search_runs([client.get_experiment_by_name("seqlvm").experiment_id])[0]
+    assert run.info.status == "FAILED" and "not retried" in run.data.tags["seqlvm.failure"]

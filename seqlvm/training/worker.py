@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from pipelines.errors import SeqlvmError
 from pipelines.stream import layout_of, ray_batches
 from seqlvm.checkpoint import read_checkpoint, save_checkpoint
 from seqlvm.evaluation import TOTAL_KEYS, CollapseGuard, LatentPosteriors, add_totals, summarize
@@ -70,14 +71,19 @@ def validate(model, shard, cfg: TrainConfig, device, layout) -> dict[str, float]
     return {**summarize(all_reduce_sum(totals, device)), **latent_use}
 
 
-def deterministic_error(exc: Exception, world: int) -> bool:
-    """Whether an error in a training step would recur on a retry: one the model's code raises on its input, on
-    a single worker. With several, a peer's death also surfaces in a step (as a RuntimeError), and a retry from
-    the last checkpoint fixes that; running out of memory may not recur either."""
-    if world > 1 or isinstance(exc, dist.DistError) or "out of memory" in str(exc):
+def deterministic_error(exc: Exception) -> bool:
+    """Whether an error in a training step's forward pass would recur on a retry: one the model's code raises on
+    its input or configuration. Not a collective that lost a peer (a retry from the last checkpoint fixes that),
+    nor running out of memory, which may not recur."""
+    if isinstance(exc, dist.DistError) or "out of memory" in str(exc):
         return False
-    return isinstance(exc, (ValueError, TypeError, IndexError, KeyError, NotImplementedError, ArithmeticError,
-                            AssertionError, RuntimeError))
+    return isinstance(exc, (SeqlvmError, ValueError, TypeError, IndexError, KeyError, NotImplementedError,
+                            ArithmeticError, AssertionError, RuntimeError))
+
+
+def first_line(exc: Exception) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 class Trainer:
@@ -134,19 +140,34 @@ class Trainer:
     def _finished(self) -> bool:
         return self.step >= self._max_steps() or self.epoch >= self.cfg.epochs or self.stop_reason is not None
 
-    def _all_agree(self, ok: bool) -> bool:
-        """Whether every worker's check passed: all must skip a step together, or DDP would deadlock."""
-        flag = torch.tensor([float(ok)], device=self.device)
+    def _all_agree(self, *checks: bool) -> list[bool]:
+        """Whether each check passed on every worker: all must skip or stop a step together, or DDP would
+        deadlock."""
+        flags = torch.tensor([float(ok) for ok in checks], device=self.device)
         if self.world > 1:
-            dist.all_reduce(flag, op=dist.ReduceOp.MIN)
-        return bool(flag.item())
+            dist.all_reduce(flags, op=dist.ReduceOp.MIN)
+        return [bool(flag) for flag in flags.tolist()]
 
     def train_step(self, batch: dict) -> dict[str, torch.Tensor] | None:
-        """One optimiser step; None when it was skipped because the loss or the gradient was NaN/inf."""
-        out = forward(self.model, batch, schedule_weight(self.step + 1, self.cfg), self.cfg, self.device)
+        """One optimiser step; None when it was skipped because the loss or the gradient was NaN/inf, or when the
+        forward pass raised an error a retry cannot fix (here or on another worker), which ends the run."""
+        error, finite = None, False
+        try:
+            out = forward(self.model, batch, schedule_weight(self.step + 1, self.cfg), self.cfg, self.device)
+            finite = bool(torch.isfinite(out.loss).item())
+        except Exception as exc:
+            if not deterministic_error(exc):
+                raise  # Ray Train restarts the workers from the last checkpoint
+            error = exc
         self.step += 1
-        if self._all_agree(bool(torch.isfinite(out.loss).item())) and apply_gradients(
-                self.model, self.optimizer, out.loss, self.cfg, self.scaler):
+        no_error, all_finite = self._all_agree(error is None, finite)
+        if not no_error:  # every worker stops here together
+            reason = (f"{type(error).__name__}: {first_line(error)}" if error is not None
+                      else "a step failed on another worker")
+            self.stop_reason = (f"step {self.step}: {reason} (an error in the model, its data or its "
+                                "configuration: not retried)")
+            return None
+        if all_finite and apply_gradients(self.model, self.optimizer, out.loss, self.cfg, self.scaler):
             self.consecutive_nonfinite = 0
             return out.totals
         self.skipped += 1
@@ -202,15 +223,7 @@ class Trainer:
             batches = ray_batches(train_shard, cfg.batch_size, cfg.bucket_factor, cfg.shuffle_buffer,
                                   seed=cfg.seed * 100003 + self.epoch * 101 + self.rank, layout=self.layout)
             for batch in batches:
-                try:
-                    totals = self.train_step(batch)
-                except Exception as exc:
-                    if not deterministic_error(exc, self.world):
-                        raise  # Ray Train restarts the workers from the last checkpoint
-                    self.stop_reason = (f"{type(exc).__name__} at step {self.step + 1}: "
-                                        f"{str(exc).strip().splitlines()[0] if str(exc).strip() else ''} "
-                                        "(an error in the model or its configuration: not retried)")
-                    break
+                totals = self.train_step(batch)
                 if totals is not None:
                     add_totals(window, totals)
                 window_seconds += time.time() - clock
