@@ -119,6 +119,7 @@ CASES = [
     ("train: no workers", [*TRAIN, "--workers", "0"], "--workers"),
     ("train: workers with no CPU", [*TRAIN, "--cpus-per-worker", "0"], "--cpus-per-worker"),
     ("train: more CPUs than the machine has", [*TRAIN, "--workers", "64", "--cpus-per-worker", "8"], "more CPUs"),
+    ("train: GPUs the machine does not have", [*TRAIN, "train.use_gpu=true"], "GPUs"),
     ("train: an unknown model", [*TRAIN, "--model", "nosuch"], "nosuch"),
     ("train: a frame model on text", [*TRAIN, "--model", "vrnn"], "vrnn"),
     ("train: steps that are not a number", [*TRAIN, "--max-steps", "many"], "--max-steps"),

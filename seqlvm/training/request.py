@@ -73,6 +73,11 @@ def prepare_run(request: TrainRequest) -> tuple[PreparedDataset, RunSpec]:
         if request.workers * request.cpus_per_worker > cores:
             raise SeqlvmError(f"--workers {request.workers} x --cpus-per-worker {request.cpus_per_worker:g} asks for "
                               f"more CPUs than this machine has ({cores}); the local Ray could never place them")
+        if spec.train.use_gpu:
+            import torch
+            if torch.cuda.device_count() < request.workers:
+                raise SeqlvmError(f"train.use_gpu=true with {request.workers} workers, but this machine has "
+                                  f"{torch.cuda.device_count()} GPUs for the local Ray")
     try_one_step(spec, dataset, request.config_file)
     return dataset, spec
 
