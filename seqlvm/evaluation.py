@@ -115,10 +115,12 @@ def evaluate(model: SequenceModel, batches: Iterable[dict], iw_samples: int = 0,
     data's: sentences and tokens of text, sequences and steps of frames."""
     model.eval()
     totals: dict[str, float] = {}
-    iw_total, posteriors, seen = 0.0, LatentPosteriors(model), []
+    decodes = decode_limit and isinstance(model, TextModel) and model.has_global_latent
+    iw_total, posteriors, kept = 0.0, LatentPosteriors(model), []
     for batch in batches:  # streamed: a progress bar wrapping `batches` follows the evaluation
         batch = {k: v.to(device) for k, v in batch.items()}
-        seen.append(batch)
+        if decodes:  # decoded after the pass, from batches across the whole split
+            kept.append(batch)
         add_totals(totals, model(batch).totals)
         if iw_samples:
             iw_total += float(importance_weighted_nll(model, batch, iw_samples, chunk).sum())
@@ -133,8 +135,8 @@ def evaluate(model: SequenceModel, batches: Iterable[dict], iw_samples: int = 0,
         metrics["iw_ppl"] = math.exp(min(iw_total / totals["steps"], 50.0))
         metrics["iw_ll_per_step"] = -iw_total / totals["steps"]
     metrics.update(posteriors.metrics())
-    if decode_limit and isinstance(model, TextModel) and model.has_global_latent:
-        metrics.update(posterior_decodes(model, seen, decode_limit).metrics())
+    if decodes:
+        metrics.update(posterior_decodes(model, kept, decode_limit).metrics())
     return metrics
 
 

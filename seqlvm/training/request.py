@@ -6,7 +6,7 @@ import os
 from dataclasses import dataclass, field
 
 from pipelines.dataset import PreparedDataset
-from pipelines.errors import SeqlvmError
+from pipelines.errors import SeqlvmError, root_cause
 from seqlvm.models import check_modality
 from seqlvm.training.spec import RunSpec
 
@@ -100,6 +100,5 @@ def try_one_step(spec: RunSpec, dataset: PreparedDataset, config_file: str | Non
     except SeqlvmError:
         raise
     except Exception as exc:  # whatever the model's constructor or forward pass says about a bad value
-        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise SeqlvmError(f"{source}: model {spec.model_name} cannot train with this configuration "
-                          f"({type(exc).__name__}: {message})") from None
+                          f"({root_cause(exc)})") from None

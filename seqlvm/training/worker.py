@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from pipelines.errors import SeqlvmError
+from pipelines.errors import SeqlvmError, root_cause
 from pipelines.stream import layout_of, ray_batches
 from seqlvm.checkpoint import read_checkpoint, save_checkpoint
 from seqlvm.evaluation import TOTAL_KEYS, CollapseGuard, LatentPosteriors, add_totals, summarize
@@ -79,11 +79,6 @@ def deterministic_error(exc: Exception) -> bool:
         return False
     return isinstance(exc, (SeqlvmError, ValueError, TypeError, IndexError, KeyError, NotImplementedError,
                             ArithmeticError, AssertionError, RuntimeError))
-
-
-def first_line(exc: Exception) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 class Trainer:
@@ -162,8 +157,7 @@ class Trainer:
         self.step += 1
         no_error, all_finite = self._all_agree(error is None, finite)
         if not no_error:  # every worker stops here together
-            reason = (f"{type(error).__name__}: {first_line(error)}" if error is not None
-                      else "a step failed on another worker")
+            reason = root_cause(error) if error is not None else "a step failed on another worker"
             self.stop_reason = (f"step {self.step}: {reason} (an error in the model, its data or its "
                                 "configuration: not retried)")
             return None
