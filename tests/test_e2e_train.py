@@ -84,23 +84,60 @@ def test_unknown_config_key_fails_before_starting_anything(shakespeare, tmp_path
 
 
 def test_a_run_larger_than_the_cluster_is_announced(ray_session):
-    from seqlvm.cluster.ray_runtime import capacity_notice, capacity_watch
+    from seqlvm.cluster.ray_runtime import WorkerGroup, capacity_notice, capacity_watch
 
     cpus = ray_session.cluster_resources()["CPU"]
-    assert capacity_notice(1, 1) is None
-    assert f"a node with {cpus + 1:g} CPUs for each worker" in capacity_notice(cpus + 1, 1)
-    assert f"waiting for {2 * cpus:g} CPUs for 2 workers: the cluster has {cpus:g}" in capacity_notice(cpus, 2)
+    assert capacity_notice(WorkerGroup.of(1, 1, use_gpu=False)) is None
+    assert f"a node with {cpus + 1:g} CPU for each worker" in capacity_notice(WorkerGroup.of(1, cpus + 1, False))
+    assert (f"waiting for {2 * cpus:g} CPU for 2 workers: the cluster has {cpus:g}"
+            in capacity_notice(WorkerGroup.of(2, cpus, False)))
+    assert "a node with 1 CPU, 1 GPU for each worker" in capacity_notice(WorkerGroup.of(1, 1, use_gpu=True))
 
     said = []
-    with capacity_watch(cpus + 1, 1, said.append, every_s=0.05):
+    with capacity_watch(WorkerGroup.of(1, cpus + 1, False), said.append, every_s=0.05):
         deadline = time.time() + 30
         while len(said) < 3 and time.time() < deadline:  # it keeps saying what is missing
             time.sleep(0.05)
     assert len(said) >= 3 and all("for each worker" in line for line in said)
     quiet = []
-    with capacity_watch(1, 1, quiet.append, every_s=0.05):
+    with capacity_watch(WorkerGroup.of(1, 1, False), quiet.append, every_s=0.05):
         pass
     assert quiet == []
+
+
+@pytest.fixture
+def autoscaler_maximum(ray_session):
+    """The cluster's maximum size as an autoscaler reports it to the GCS (Ray's cluster config, which Ray Train and
+    Ray Data read): at most two 4-CPU nodes. Ray 2.60's own autoscaler does not report it yet, so the test reports
+    it through the same GCS call, and removes it afterwards."""
+    import ray._raylet
+    from ray.core.generated.autoscaler_pb2 import ClusterConfig, NodeGroupConfig
+
+    gcs = ray_session._private.worker.global_worker.gcs_client
+    config = ClusterConfig(node_group_configs=[NodeGroupConfig(name="cpu4", resources={"CPU": 4}, max_count=2)])
+    gcs.report_cluster_config(config.SerializeToString())
+    yield ray_session.get_runtime_context().gcs_address
+    gcs.internal_kv_del(ray._raylet.GCS_AUTOSCALER_CLUSTER_CONFIG_KEY.encode(), False,
+                        ray._raylet.GCS_AUTOSCALER_STATE_NAMESPACE.encode())
+
+
+def test_a_run_beyond_the_autoscalers_maximum_is_refused_before_anything_is_written(
+        autoscaler_maximum, shakespeare, tmp_path, capsys):
+    client = tracking.client(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    client.search_experiments()  # creates the store, whose migration logs would be lines on stderr
+    capsys.readouterr()
+    common = ["--data", str(shakespeare), "--workdir", str(tmp_path), "--address", autoscaler_maximum,
+              "--max-steps", "4"]
+    assert cli.main(["train", *common, "--workers", "3", "--cpus-per-worker", "4"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.endswith("3 workers x 4 CPU need 12 CPU, but this cluster's autoscaler grows it to at most 8 CPU; "
+                        "lower --workers or --cpus-per-worker") and "\n" not in err
+    assert cli.main(["tune", *common, "--num-samples", "2", "--scheduler", "none", "--cpus-per-worker", "6"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "each worker needs 6 CPU on one node, but no node this cluster's autoscaler can start has that" in err
+    assert "\n" not in err
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    assert client.search_runs(experiments) == [] and not (tmp_path / "ray").exists()
 
 
 def test_an_error_a_retry_cannot_fix_ends_the_run_at_once_on_every_worker(ray_session, shakespeare, tmp_path):

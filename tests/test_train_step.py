@@ -1,5 +1,6 @@
 """The optimiser step's guard against non-finite values: a finite loss with an infinite gradient is not applied,
-so the weights never become NaN; a normal step is."""
+so the weights never become NaN; a normal step is. A step's errors: one a retry cannot fix, in the forward pass,
+the backward pass or the optimiser step, ends the run; any other is raised for Ray Train to retry."""
 from __future__ import annotations
 
 import numpy as np
@@ -9,9 +10,10 @@ import torch
 from pipelines.errors import SeqlvmError
 from pipelines.stream import collate
 from seqlvm.models import build_model
+from seqlvm.models.base import ModelOutput
 from seqlvm.training import step
 from seqlvm.training.spec import TrainConfig
-from seqlvm.training.worker import all_weights_finite, apply_gradients, deterministic_error
+from seqlvm.training.step import all_weights_finite, apply_gradients, deterministic_error, take_step
 
 
 def one_weight(value: float) -> tuple[torch.nn.Parameter, torch.optim.Optimizer]:
@@ -72,3 +74,87 @@ def test_only_errors_a_retry_cannot_fix_end_a_run_at_once():
     assert not deterministic_error(RuntimeError("CUDA out of memory"))
     assert not deterministic_error(torch.distributed.DistError("store timed out"))
     assert not deterministic_error(OSError("disk full"))
+
+
+class Squares(torch.nn.Module):
+    """A one-weight model whose loss is w² on every step, with a fault placed in one part of the step."""
+
+    def __init__(self, fault: str | None = None):
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.tensor([1.0]))
+        self.fault = fault
+
+    def forward(self, batch, kl_weight):
+        if self.fault == "forward":
+            raise ValueError("hidden_size must be greater than zero")
+        square = self.weight * self.weight
+        if self.fault == "backward in place":
+            used = torch.sigmoid(self.weight)
+            loss = used.sum()
+            used.add_(1.0)  # sigmoid's backward needs its output: autograd refuses the modified one
+        elif self.fault == "backward out of memory":
+            loss = OutOfMemoryInBackward.apply(square).sum()
+        else:
+            loss = square.sum()
+        return ModelOutput(loss, {"recon": loss.detach(), "kl": torch.zeros(()), "sequences": torch.ones(()),
+                                  "steps": torch.ones(())})
+
+
+class OutOfMemoryInBackward(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+
+class TestTakeStep:
+    cfg = TrainConfig(mixed_precision="none")
+    batch = {"lengths": torch.tensor([3])}
+
+    def step(self, model, optimizer=None, agree=None):
+        optimizer = optimizer or torch.optim.SGD(model.parameters(), lr=0.1)
+        kwargs = {"agree": agree} if agree else {}
+        return take_step(model, optimizer, self.batch, 1.0, self.cfg, torch.device("cpu"), **kwargs)
+
+    def test_a_normal_step_is_taken(self):
+        model = Squares()
+        result = self.step(model)
+        assert result.failure is None and result.totals["recon"].item() == 1.0
+        assert model.weight.item() == pytest.approx(1.0 - 0.1 * 2.0)
+
+    @pytest.mark.parametrize("fault, cause", [
+        ("forward", "ValueError: hidden_size must be greater than zero"),
+        ("backward in place", "RuntimeError: one of the variables needed for gradient computation has been "
+                              "modified by an inplace operation")])
+    def test_an_error_a_retry_cannot_fix_fails_the_step_and_leaves_the_weight(self, fault, cause):
+        model = Squares(fault)
+        result = self.step(model)
+        assert result.totals is None and result.failure.startswith(cause)
+        assert "\n" not in result.failure and model.weight.item() == 1.0
+
+    def test_an_optimiser_that_cannot_step_fails_the_step(self):
+        model = Squares()
+        result = self.step(model, torch.optim.SparseAdam(model.parameters()))
+        assert result.totals is None and "SparseAdam does not support dense gradients" in result.failure
+
+    def test_an_error_a_retry_may_fix_is_raised_for_ray_train(self):
+        with pytest.raises(RuntimeError, match="out of memory"):
+            self.step(Squares("backward out of memory"))
+
+    def test_a_step_that_failed_on_another_worker_fails_here_too_without_stepping(self):
+        model = Squares()
+        result = self.step(model, agree=lambda *checks: [False, *checks[1:]])
+        assert result.failure == "a step failed on another worker" and model.weight.item() == 1.0
+
+    def test_a_backward_error_on_another_worker_is_agreed_after_the_backward_pass(self):
+        calls = []
+
+        def agree(*checks):
+            calls.append(checks)
+            return [False] if len(calls) == 2 else list(checks)
+
+        result = self.step(Squares(), agree=agree)
+        assert calls == [(True, True), (True,)] and result.failure == "a step failed on another worker"

@@ -18,7 +18,7 @@ from pipelines.dataset import PreparedDataset
 from pipelines.errors import SeqlvmError, root_cause
 from pipelines.shards import absolute_location
 from seqlvm import tracking
-from seqlvm.cluster.ray_runtime import capacity_watch, ensure_ray
+from seqlvm.cluster.ray_runtime import WorkerGroup, capacity_watch, join_cluster
 from seqlvm.evaluation import CollapseGuard
 from seqlvm.models import model_class
 from seqlvm.tracking import registry
@@ -189,6 +189,8 @@ def run_sweep(request: SweepRequest, resume: bool = False, console=None) -> Swee
     workdir = Path(request.workdir).absolute()
     tracking_uri = tracking.resolve_tracking_uri(request.tracking_uri, workdir)
     tracking.check_reachable(tracking_uri)
+    workers = WorkerGroup.of(request.workers, request.cpus_per_worker, spec.train.use_gpu)
+    join_cluster(workers, request.address)
     experiment_id = tracking.ensure_experiment(tracking_uri, request.experiment, workdir)
     parent_run_id, _ = tracking.start_or_resume_run(tracking_uri, experiment_id, name, {
         "seqlvm.kind": "sweep", "seqlvm.model": spec.model_name, "seqlvm.data_source": dataset.source,
@@ -206,11 +208,10 @@ def run_sweep(request: SweepRequest, resume: bool = False, console=None) -> Swee
                       f"(MLflow run {parent_run_id}, {tracking_uri})")
         console.print(f"objective: {OBJECTIVE}; collapse guard: {guard.describe()}")
 
-    ensure_ray(request.workers * request.cpus_per_worker, request.address)
     context = TrialContext(trial_request, dataset, spec, tracking_uri, experiment_id, parent_run_id, name,
                            f"{tune_storage(request)}/{name}/train")
     try:
-        with capacity_watch(request.cpus_per_worker, request.workers, console.print if console else print):
+        with capacity_watch(workers, console.print if console else print):
             results = build_tuner(request, dims, context, max_steps, spec.train.eval_every, resume).fit()
     except Exception as exc:
         tracking.client(tracking_uri).set_terminated(parent_run_id, status="FAILED")

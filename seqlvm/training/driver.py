@@ -9,7 +9,7 @@ from pipelines.dataset import PreparedDataset
 from pipelines.errors import SeqlvmError, root_cause
 from seqlvm import tracking
 from seqlvm.checkpoint import load_model, local_copy
-from seqlvm.cluster.ray_runtime import capacity_watch, ensure_ray
+from seqlvm.cluster.ray_runtime import WorkerGroup, capacity_watch, join_cluster
 from seqlvm.training.data import training_dataset
 from seqlvm.training.delivery import deliver_pending_metrics
 from seqlvm.training.evaluate import evaluate_checkpoint
@@ -62,6 +62,8 @@ def run_training(request: TrainRequest, console=None) -> TrainResult:
     workdir.mkdir(parents=True, exist_ok=True)
     tracking_uri = tracking.resolve_tracking_uri(request.tracking_uri, workdir)
     tracking.check_reachable(tracking_uri)
+    workers = WorkerGroup.of(request.workers, request.cpus_per_worker, spec.train.use_gpu)
+    join_cluster(workers, request.address)
     run_name = request.name or f"{spec.model_name}-{time.strftime('%Y%m%d-%H%M%S')}"
     experiment_id = tracking.ensure_experiment(tracking_uri, request.experiment, workdir)
     run_id, resumed, task = open_run(request, dataset, spec, tracking_uri, experiment_id, run_name)
@@ -69,9 +71,8 @@ def run_training(request: TrainRequest, console=None) -> TrainResult:
         verb = "resuming" if resumed else "starting"
         console.print(f"{verb} run [bold]{run_name}[/] (MLflow run {run_id}, {tracking_uri})")
 
-    ensure_ray(request.workers * request.cpus_per_worker, request.address)
     try:
-        with capacity_watch(request.cpus_per_worker, request.workers, console.print if console else print):
+        with capacity_watch(workers, console.print if console else print):
             result = build_trainer(request, dataset, task, run_name, storage_root(request)).fit()
     except Exception as exc:
         fail_run(tracking_uri, run_id, f"training run {run_name} failed: {root_cause(exc)}", exc)

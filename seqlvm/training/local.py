@@ -3,16 +3,17 @@ the throughput benchmark and a quick way to train small models in benchmarks and
 from __future__ import annotations
 
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import torch
 
+from pipelines.errors import SeqlvmError
 from pipelines.stream import local_batches
 from seqlvm.evaluation import TOTAL_KEYS, add_totals, summarize
 from seqlvm.models import SequenceModel
 from seqlvm.training.spec import TrainConfig
-from seqlvm.training.step import apply_gradients, forward, make_optimizer, schedule_weight
+from seqlvm.training.step import make_optimizer, schedule_weight, take_step
 
 
 def train_locally(model: SequenceModel, sequences: list[np.ndarray], cfg: TrainConfig, steps: int,
@@ -30,12 +31,13 @@ def train_locally(model: SequenceModel, sequences: list[np.ndarray], cfg: TrainC
     while step < steps:
         for batch in local_batches(sequences, cfg.batch_size, cfg.bucket_factor, seed=cfg.seed + epoch):
             weight = schedule_weight(step + 1, cfg)
-            out = forward(model, batch, weight, cfg, device)
+            result = take_step(model, optimizer, batch, weight, cfg, device, scaler)
             step += 1
-            if torch.isfinite(out.loss):
-                apply_gradients(model, optimizer, out.loss, cfg, scaler)
-                add_totals(window, out.totals)
-                tokens += float(out.totals["steps"])
+            if result.failure is not None:
+                raise SeqlvmError(f"step {step}: {result.failure}")
+            if result.totals is not None:
+                add_totals(window, result.totals)
+                tokens += float(result.totals["steps"])
             if step % cfg.log_every == 0 or step == steps:
                 metrics = {**summarize(window), "kl_weight": weight}
                 if on_log:

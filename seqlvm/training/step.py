@@ -1,11 +1,16 @@
 """One optimisation step, shared by the Ray Train workers and the plain single-process loop: the KL weight's
-schedule, the optimiser, mixed precision, the forward pass and the guarded gradient step."""
+schedule, the optimiser, mixed precision, the forward pass, the guarded gradient step, and the step that every
+worker of a run takes, skips or fails together (`take_step`)."""
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
+import torch.distributed as dist
 
+from pipelines.errors import SeqlvmError, root_cause
 from seqlvm.models.base import SequenceModel
 from seqlvm.objectives import kl_weight
 from seqlvm.training.spec import TrainConfig
@@ -74,3 +79,53 @@ def apply_gradients(model, optimizer, loss: torch.Tensor, cfg: TrainConfig, scal
 
 def all_weights_finite(model: torch.nn.Module) -> bool:
     return all(bool(torch.isfinite(p).all()) for p in model.parameters())
+
+
+def deterministic_error(exc: Exception) -> bool:
+    """Whether an error in a training step would recur on a retry: one the model's code raises on its input or
+    configuration, in the forward pass, the backward pass or the optimiser step. Not a collective that lost a peer
+    (a retry from the last checkpoint fixes that), nor running out of memory, which may not recur."""
+    if isinstance(exc, dist.DistError) or "out of memory" in str(exc):
+        return False
+    return isinstance(exc, (SeqlvmError, ValueError, TypeError, IndexError, KeyError, NotImplementedError,
+                            ArithmeticError, AssertionError, RuntimeError))
+
+
+def _on_one_worker(*checks: bool) -> list[bool]:
+    return list(checks)
+
+
+@dataclass
+class StepResult:
+    totals: dict[str, torch.Tensor] | None  # None when the step was not taken
+    failure: str | None = None  # the one-line cause of an error a retry cannot fix: the run ends
+
+
+def take_step(model, optimizer, batch: dict, weight: float, cfg: TrainConfig, device, scaler=None,
+              agree: Callable[..., list[bool]] = _on_one_worker) -> StepResult:
+    """A forward pass and, if its loss is finite, the guarded gradient step. `agree` tells whether each check
+    passed on every worker: all workers skip a step or fail it together, or DDP would deadlock. An error a retry
+    cannot fix becomes the result's failure; any other error is raised, for Ray Train to restart the workers from
+    the last checkpoint."""
+    error, finite, taken = None, False, False
+    try:
+        out = forward(model, batch, weight, cfg, device)
+        finite = bool(torch.isfinite(out.loss).item())
+    except Exception as exc:
+        error = _unless_retryable(exc)
+    no_error, all_finite = agree(error is None, finite)
+    if no_error and all_finite:
+        try:
+            taken = apply_gradients(model, optimizer, out.loss, cfg, scaler)
+        except Exception as exc:
+            error = _unless_retryable(exc)
+        no_error, = agree(error is None)
+    if not no_error:
+        return StepResult(None, root_cause(error) if error is not None else "a step failed on another worker")
+    return StepResult(out.totals if taken else None)
+
+
+def _unless_retryable(exc: Exception) -> Exception:
+    if not deterministic_error(exc):
+        raise exc
+    return exc

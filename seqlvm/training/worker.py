@@ -13,13 +13,12 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from pipelines.errors import SeqlvmError, root_cause
 from pipelines.stream import layout_of, ray_batches
 from seqlvm.checkpoint import read_checkpoint, save_checkpoint
 from seqlvm.evaluation import TOTAL_KEYS, CollapseGuard, LatentPosteriors, add_totals, summarize
 from seqlvm.tracking import WORKER_HTTP_SETTINGS, MetricOutbox
 from seqlvm.training.spec import RunSpec, TrainConfig
-from seqlvm.training.step import all_weights_finite, apply_gradients, forward, make_optimizer, schedule_weight
+from seqlvm.training.step import all_weights_finite, make_optimizer, schedule_weight, take_step
 
 MAX_CONSECUTIVE_NONFINITE = 20  # skipped steps in a row that end a run
 
@@ -69,16 +68,6 @@ def validate(model, shard, cfg: TrainConfig, device, layout) -> dict[str, float]
     world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
     latent_use = {k: v / world for k, v in all_reduce_sum(posteriors.metrics(), device).items()}
     return {**summarize(all_reduce_sum(totals, device)), **latent_use}
-
-
-def deterministic_error(exc: Exception) -> bool:
-    """Whether an error in a training step's forward pass would recur on a retry: one the model's code raises on
-    its input or configuration. Not a collective that lost a peer (a retry from the last checkpoint fixes that),
-    nor running out of memory, which may not recur."""
-    if isinstance(exc, dist.DistError) or "out of memory" in str(exc):
-        return False
-    return isinstance(exc, (SeqlvmError, ValueError, TypeError, IndexError, KeyError, NotImplementedError,
-                            ArithmeticError, AssertionError, RuntimeError))
 
 
 class Trainer:
@@ -138,32 +127,25 @@ class Trainer:
     def _all_agree(self, *checks: bool) -> list[bool]:
         """Whether each check passed on every worker: all must skip or stop a step together, or DDP would
         deadlock."""
+        if self.world == 1:
+            return list(checks)
         flags = torch.tensor([float(ok) for ok in checks], device=self.device)
-        if self.world > 1:
-            dist.all_reduce(flags, op=dist.ReduceOp.MIN)
+        dist.all_reduce(flags, op=dist.ReduceOp.MIN)
         return [bool(flag) for flag in flags.tolist()]
 
     def train_step(self, batch: dict) -> dict[str, torch.Tensor] | None:
-        """One optimiser step; None when it was skipped because the loss or the gradient was NaN/inf, or when the
-        forward pass raised an error a retry cannot fix (here or on another worker), which ends the run."""
-        error, finite = None, False
-        try:
-            out = forward(self.model, batch, schedule_weight(self.step + 1, self.cfg), self.cfg, self.device)
-            finite = bool(torch.isfinite(out.loss).item())
-        except Exception as exc:
-            if not deterministic_error(exc):
-                raise  # Ray Train restarts the workers from the last checkpoint
-            error = exc
+        """One optimiser step; None when it was skipped because the loss or the gradient was NaN/inf, or when it
+        raised an error a retry cannot fix (here or on another worker), which ends the run."""
         self.step += 1
-        no_error, all_finite = self._all_agree(error is None, finite)
-        if not no_error:  # every worker stops here together
-            reason = root_cause(error) if error is not None else "a step failed on another worker"
-            self.stop_reason = (f"step {self.step}: {reason} (an error in the model, its data or its "
+        result = take_step(self.model, self.optimizer, batch, schedule_weight(self.step, self.cfg), self.cfg,
+                           self.device, self.scaler, agree=self._all_agree)
+        if result.failure is not None:  # every worker stops here together
+            self.stop_reason = (f"step {self.step}: {result.failure} (an error in the model, its data or its "
                                 "configuration: not retried)")
             return None
-        if all_finite and apply_gradients(self.model, self.optimizer, out.loss, self.cfg, self.scaler):
+        if result.totals is not None:
             self.consecutive_nonfinite = 0
-            return out.totals
+            return result.totals
         self.skipped += 1
         self.consecutive_nonfinite += 1
         if self.consecutive_nonfinite >= MAX_CONSECUTIVE_NONFINITE:
