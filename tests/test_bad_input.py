@@ -15,6 +15,7 @@ from seqlvm import cli, tracking
 
 FIXTURES = Path(__file__).parent / "fixtures"
 DEAD_SERVER = "http://127.0.0.1:9"  # the discard port: nothing listens
+LAUNCHER_CONFIG = Path(__file__).parents[1] / "infra/cluster-launcher/aws.yaml"
 
 
 @pytest.fixture(scope="module")
@@ -39,6 +40,7 @@ def ws(tmp_path_factory) -> Path:
         "space-range.yaml": "tune:\n  space:\n    train.lr: {loguniform: [0.1, 0.01]}\n",
         "space-untrainable.yaml": "tune:\n  space:\n    model.hidden_dim: {int: [-3, 8]}\n",
         "space-keep.yaml": "tune:\n  space:\n    model.word_keep_rate: {uniform: [0.5, 1.5]}\n",
+        "autoscaling.yaml": "available_node_types:\n  head: {resources: {CPU: 4}}\nhead_node_type: head\n",
         "empty.txt": "", "corpus.txt": "the king is dead .\nlong live the king .\n" * 20,
     }
     for name, text in files.items():
@@ -184,6 +186,17 @@ CASES = [
      ["submit", "--address", DEAD_SERVER, "--env", "AWS_SECRET_ACCESS_KEY=x", "--", "seqlvm", "models"],
      "AWS_SECRET_ACCESS_KEY"),
     ("jobs: a cluster that does not answer", ["jobs", "list", "--address", DEAD_SERVER], "127.0.0.1:9"),
+    ("train: a cluster address where no Ray answers", [*TRAIN, "--address", "127.0.0.1:9"], "127.0.0.1:9"),
+    ("tune: a Jobs API address to join", [*TUNE, "--address", DEAD_SERVER], "Jobs API"),
+    ("cluster report-max: a cluster address where no Ray answers",
+     ["cluster", "report-max", "--autoscaling-config", "{ws}/autoscaling.yaml", "--address", "127.0.0.1:9"],
+     "127.0.0.1:9"),
+    ("cluster report-max: a config that does not exist",
+     ["cluster", "report-max", "--autoscaling-config", "{ws}/nope.yaml"], "nope.yaml"),
+    ("cluster report-max: node types without their resources (the launcher's file, not the head's)",
+     ["cluster", "report-max", "--autoscaling-config", str(LAUNCHER_CONFIG)], "'cpu' names no CPU count"),
+    ("cluster report-max: a file with no node types",
+     ["cluster", "report-max", "--autoscaling-config", "{ws}/corpus.txt"], "no available_node_types"),
     ("no command at all", [], "command"),
 ]
 

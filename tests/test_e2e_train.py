@@ -84,7 +84,8 @@ def test_unknown_config_key_fails_before_starting_anything(shakespeare, tmp_path
 
 
 def test_a_run_larger_than_the_cluster_is_announced(ray_session):
-    from seqlvm.cluster.ray_runtime import WorkerGroup, capacity_notice, capacity_watch
+    from seqlvm.cluster.ceiling import WorkerGroup
+    from seqlvm.cluster.ray_runtime import capacity_notice, capacity_watch
 
     cpus = ray_session.cluster_resources()["CPU"]
     assert capacity_notice(WorkerGroup.of(1, 1, use_gpu=False)) is None
@@ -106,19 +107,22 @@ def test_a_run_larger_than_the_cluster_is_announced(ray_session):
 
 
 @pytest.fixture
-def autoscaler_maximum(ray_session):
-    """The cluster's maximum size as an autoscaler reports it to the GCS (Ray's cluster config, which Ray Train and
-    Ray Data read): at most two 4-CPU nodes. Ray 2.60's own autoscaler does not report it yet, so the test reports
-    it through the same GCS call, and removes it afterwards."""
+def autoscaler_maximum(ray_session, tmp_path, capsys):
+    """The session's Ray as the head of an autoscaling cluster that can add one more 4-CPU node: its maximum is
+    reported to the GCS by `seqlvm cluster report-max` from a launcher config (as on a `ray up` head), and
+    removed afterwards."""
     import ray._raylet
-    from ray.core.generated.autoscaler_pb2 import ClusterConfig, NodeGroupConfig
 
-    gcs = ray_session._private.worker.global_worker.gcs_client
-    config = ClusterConfig(node_group_configs=[NodeGroupConfig(name="cpu4", resources={"CPU": 4}, max_count=2)])
-    gcs.report_cluster_config(config.SerializeToString())
-    yield ray_session.get_runtime_context().gcs_address
-    gcs.internal_kv_del(ray._raylet.GCS_AUTOSCALER_CLUSTER_CONFIG_KEY.encode(), False,
-                        ray._raylet.GCS_AUTOSCALER_STATE_NAMESPACE.encode())
+    config = tmp_path / "ray_bootstrap_config.yaml"
+    config.write_text("max_workers: 1\nhead_node_type: head\navailable_node_types:\n"
+                      "  head: {resources: {CPU: 4}}\n  cpu4: {resources: {CPU: 4}, max_workers: 1}\n")
+    address = ray_session.get_runtime_context().gcs_address
+    assert cli.main(["cluster", "report-max", "--autoscaling-config", str(config), "--address", address]) == 0
+    assert "it grows to at most 8 CPU, 0 GPU" in capsys.readouterr().out
+    yield address
+    ray_session._private.worker.global_worker.gcs_client.internal_kv_del(
+        ray._raylet.GCS_AUTOSCALER_CLUSTER_CONFIG_KEY.encode(), False,
+        ray._raylet.GCS_AUTOSCALER_STATE_NAMESPACE.encode())
 
 
 def test_a_run_beyond_the_autoscalers_maximum_is_refused_before_anything_is_written(

@@ -145,6 +145,9 @@ def test_launcher_config(path):
         assert "available_node_types" not in config and "head_node_type" not in config
         assert config["provider"]["head_ip"] and 0 < config["max_workers"] <= len(config["provider"]["worker_ips"])
         return
+    after_start = config["head_start_ray_commands"][config["head_start_ray_commands"].index(heads[0]):]
+    report = "seqlvm cluster report-max --autoscaling-config ~/ray_bootstrap_config.yaml"
+    assert any(command.startswith(report) for command in after_start)  # the autoscaler's maximum, for the GCS
     types = config["available_node_types"]
     workers = {name: t for name, t in types.items() if name != config["head_node_type"]}
     assert config["head_node_type"] in types and {"cpu", "gpu"} <= set(workers)

@@ -18,7 +18,8 @@ from pipelines.dataset import PreparedDataset
 from pipelines.errors import SeqlvmError, root_cause
 from pipelines.shards import absolute_location
 from seqlvm import tracking
-from seqlvm.cluster.ray_runtime import WorkerGroup, capacity_watch, join_cluster
+from seqlvm.cluster.ceiling import WorkerGroup
+from seqlvm.cluster.ray_runtime import capacity_watch, join_cluster
 from seqlvm.evaluation import CollapseGuard
 from seqlvm.models import model_class
 from seqlvm.tracking import registry

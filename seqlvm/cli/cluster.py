@@ -49,6 +49,13 @@ def add_parsers(sub) -> None:
             parser.add_argument("--head-cpus", type=int, default=4, help="logical CPUs of the head node")
             parser.add_argument("--worker-cpus", type=int, default=2, help="logical CPUs of the worker node")
             parser.add_argument("--no-mlflow", action="store_true", help="no MLflow server")
+    report = actions.add_parser("report-max", help="report an autoscaling cluster's maximum size to its GCS, so "
+                                                   "that runs it could never hold are refused (run on the head)")
+    report.add_argument("--autoscaling-config", required=True, metavar="FILE",
+                        help="the cluster launcher config with its node types' resources, as `ray up` writes it to "
+                             "the head: ~/ray_bootstrap_config.yaml")
+    report.add_argument("--address", help="the cluster's GCS, HOST:PORT (default: $RAY_ADDRESS, else the Ray "
+                                          "running on this machine)")
 
 
 def cmd_submit(args) -> None:
@@ -109,6 +116,9 @@ def cmd_cluster(args) -> None:
 
     from seqlvm.cluster import local_cluster
 
+    if args.action == "report-max":
+        report_max(args.autoscaling_config, args.address)
+        return
     root = Path(args.dir)
     if args.action == "up":
         state = local_cluster.up(root, args.head_cpus, args.worker_cpus, mlflow=not args.no_mlflow)
@@ -123,6 +133,22 @@ def cmd_cluster(args) -> None:
     out.print("use it from a shell with:")
     for key, value in state.client_env().items():
         out.print(f"export {key}={value}")
+
+
+def report_max(config_file: str, address: str | None) -> None:
+    import os
+
+    from seqlvm.cluster.ceiling import AutoscalerMaximum
+    from seqlvm.cluster.ray_runtime import ensure_ray
+
+    maximum = AutoscalerMaximum.from_file(config_file)  # checked before joining
+    ensure_ray(address=address or os.environ.get("RAY_ADDRESS") or "auto", dashboard=False)
+    maximum.report()
+    out.print(rows_table("node types the autoscaler can start", [
+        {"node type": t.name, "CPU": t.resources.get("CPU", 0), "GPU": t.resources.get("GPU", 0),
+         "max nodes": t.max_count} for t in maximum.node_types]))
+    out.print("reported to the cluster's GCS: it grows to at most "
+              + ", ".join(f"{maximum.max_resources.get(k, 0)} {k}" for k in ("CPU", "GPU")))
 
 
 COMMANDS = {"submit": cmd_submit, "jobs": cmd_jobs, "cluster": cmd_cluster}

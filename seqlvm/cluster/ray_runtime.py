@@ -7,12 +7,14 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import socket
 import threading
-from dataclasses import dataclass
 
-from pipelines.errors import SeqlvmError
+from pipelines.errors import SeqlvmError, root_cause
+from seqlvm.cluster.ceiling import ClusterCeiling, WorkerGroup, describe
 
 # Ray Data's per-operator progress bars would drown the training progress lines the rank-0 worker prints.
+GCS_PROBE_TIMEOUT_S = 5
 QUIET_ENV = {"RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS": "0", "RAY_USAGE_STATS_ENABLED": "0",
              "RAY_DATA_DISABLE_PROGRESS_BARS": "1"}
 
@@ -25,11 +27,12 @@ def ensure_ray(worker_cpus: float = 1, address: str | None = None, dashboard: bo
     if ray.is_initialized():
         return ray
     address = address or os.environ.get("RAY_ADDRESS")
-    if address and address.startswith(("http://", "https://")):
-        raise SeqlvmError(f"{address} is a Jobs API address: run the command on that cluster with `seqlvm submit "
-                          "-- seqlvm ...`, or join it directly with --address HOST:GCS_PORT")
     if address:
-        ray.init(address=address, log_to_driver=True)
+        check_address(address)
+        try:
+            ray.init(address=address, log_to_driver=True)
+        except ConnectionError as exc:
+            raise SeqlvmError(f"cannot join the Ray cluster at {address} ({root_cause(exc)})") from None
     else:
         cpus = max(os.cpu_count() or 1, math.ceil(worker_cpus)) + 2
         ray.init(num_cpus=cpus, include_dashboard=dashboard, log_to_driver=True,
@@ -39,69 +42,20 @@ def ensure_ray(worker_cpus: float = 1, address: str | None = None, dashboard: bo
     return ray
 
 
-@dataclass(frozen=True)
-class WorkerGroup:
-    """What a run (or each trial of a sweep) asks the cluster for: `workers` Ray Train workers, each reserving
-    `per_worker` on one node."""
-    workers: int
-    per_worker: dict[str, float]
-
-    @classmethod
-    def of(cls, workers: int, cpus_per_worker: float, use_gpu: bool) -> WorkerGroup:
-        return cls(workers, {"CPU": cpus_per_worker, **({"GPU": 1.0} if use_gpu else {})})
-
-    def fits_one_of(self, nodes: list[dict[str, float]]) -> bool:
-        return any(all(node.get(k, 0.0) >= v for k, v in self.per_worker.items()) for node in nodes)
-
-    def beyond(self, totals: dict[str, float]) -> tuple[str, float, float] | None:
-        """The first resource the workers need more of than `totals` holds: (name, needed, held)."""
-        for key, amount in self.per_worker.items():
-            if self.workers * amount > totals.get(key, 0.0):
-                return key, self.workers * amount, totals.get(key, 0.0)
-        return None
-
-
-def _resources(amounts: dict[str, float]) -> str:
-    return ", ".join(f"{amounts[k]:g} {k}" for k in ("CPU", "GPU") if amounts.get(k)) or "no CPU"
-
-
-@dataclass
-class ClusterCeiling:
-    """The most an autoscaling cluster can grow to, as its autoscaler reports it to the GCS (the figures Ray Train
-    and Ray Data read): each resource's total, and the nodes it can have (its node types, and the live nodes)."""
-    totals: dict[str, float]
-    nodes: list[dict[str, float]]
-
-    @classmethod
-    def reported(cls) -> ClusterCeiling | None:
-        """None when no autoscaler reported one: a fixed cluster, or nodes added by hand, may still grow."""
-        import ray
-        from ray._private.state import state
-
-        try:
-            config = state.get_cluster_config()
-            totals = state.get_max_resources_from_cluster_config()
-        except Exception:  # a private API; without it the run waits, saying what it waits for
-            return None
-        if config is None or not totals:
-            return None
-        nodes = [dict(group.resources) for group in config.node_group_configs if group.max_count != 0]
-        nodes += [node["Resources"] for node in ray.nodes() if node.get("Alive")]
-        return cls({k: float(v) for k, v in totals.items()}, nodes)
-
-    def refusal(self, group: WorkerGroup) -> str | None:
-        """Why the group's workers can never be placed on this cluster, or None."""
-        if not group.fits_one_of(self.nodes):
-            return (f"each worker needs {_resources(group.per_worker)} on one node, but no node this cluster's "
-                    f"autoscaler can start has that (node types: "
-                    f"{'; '.join(sorted({_resources(n) for n in self.nodes}))}); lower --cpus-per-worker")
-        missing = group.beyond(self.totals)
-        if missing:
-            key, needed, ceiling = missing
-            return (f"{group.workers} workers x {group.per_worker[key]:g} {key} need {needed:g} {key}, but this "
-                    f"cluster's autoscaler grows it to at most {ceiling:g} {key}; lower --workers"
-                    f"{' or --cpus-per-worker' if key == 'CPU' else ''}")
-        return None
+def check_address(address: str) -> None:
+    """One line for a cluster address that cannot be joined, before anything is written: a Jobs API URL, or a GCS
+    where nothing answers (Ray itself retries the connection for minutes)."""
+    if address.startswith(("http://", "https://")):
+        raise SeqlvmError(f"{address} is a Jobs API address: run the command on that cluster with `seqlvm submit "
+                          "-- seqlvm ...`, or join it directly with --address HOST:GCS_PORT")
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        return  # "auto", or a form Ray resolves itself
+    try:
+        socket.create_connection((host, int(port)), timeout=GCS_PROBE_TIMEOUT_S).close()
+    except OSError as exc:
+        raise SeqlvmError(f"no Ray cluster answers at {address} ({exc.strerror or exc}); check --address or "
+                          "RAY_ADDRESS") from None
 
 
 def join_cluster(group: WorkerGroup, address: str | None):
@@ -123,7 +77,7 @@ def capacity_notice(group: WorkerGroup) -> str | None:
 
     nodes = [node["Resources"] for node in ray.nodes() if node.get("Alive")]
     if not group.fits_one_of(nodes):
-        return (f"waiting for a node with {_resources(group.per_worker)} for each worker: none of the cluster's "
+        return (f"waiting for a node with {describe(group.per_worker)} for each worker: none of the cluster's "
                 f"{len(nodes)} live nodes has that (an autoscaler may add one; Ctrl-C to stop)")
     totals = {key: sum(node.get(key, 0.0) for node in nodes) for key in group.per_worker}
     missing = group.beyond(totals)

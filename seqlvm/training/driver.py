@@ -9,7 +9,8 @@ from pipelines.dataset import PreparedDataset
 from pipelines.errors import SeqlvmError, root_cause
 from seqlvm import tracking
 from seqlvm.checkpoint import load_model, local_copy
-from seqlvm.cluster.ray_runtime import WorkerGroup, capacity_watch, join_cluster
+from seqlvm.cluster.ceiling import WorkerGroup
+from seqlvm.cluster.ray_runtime import capacity_watch, join_cluster
 from seqlvm.training.data import training_dataset
 from seqlvm.training.delivery import deliver_pending_metrics
 from seqlvm.training.evaluate import evaluate_checkpoint

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 from pipelines.dataset import PreparedDataset
 from pipelines.errors import SeqlvmError, root_cause
+from seqlvm.cluster.ray_runtime import check_address
 from seqlvm.models import check_modality
 from seqlvm.training.spec import RunSpec
 
@@ -68,7 +69,9 @@ def prepare_run(request: TrainRequest) -> tuple[PreparedDataset, RunSpec]:
         raise SeqlvmError("--workers must be at least 1 and --cpus-per-worker above 0")
     if dataset.is_text:
         dataset.vocab  # read now: a missing or broken vocabulary is an error before Ray starts
-    if not (request.address or os.environ.get("RAY_ADDRESS")):
+    if request.address or os.environ.get("RAY_ADDRESS"):
+        check_address(request.address or os.environ["RAY_ADDRESS"])
+    else:
         cores = os.cpu_count() or 1
         if request.workers * request.cpus_per_worker > cores:
             raise SeqlvmError(f"--workers {request.workers} x --cpus-per-worker {request.cpus_per_worker:g} asks for "
