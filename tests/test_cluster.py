@@ -213,3 +213,21 @@ def test_a_submitted_sweep_registers_a_champion_that_loads_from_its_own_code(clu
     assert result["source"] == ["prior", "posterior"] and not result["ray"]  # serving needs no Ray
     words = set(json.loads((shakespeare / "vocab.json").read_text()))
     assert all(text and set(text.split()) <= words for text in result["output"]), result["output"]
+
+
+def test_a_run_beyond_the_reported_maximum_is_refused_on_the_cluster(cluster, shakespeare, tmp_path):
+    """The cluster's own shape (a 4-CPU head, at most one 2-CPU worker) in a launcher config, reported by `seqlvm
+    cluster report-max` from another process through the token-authenticated GCS, as a `ray up` head does."""
+    config = tmp_path / "ray_bootstrap_config.yaml"
+    config.write_text("max_workers: 1\nhead_node_type: head\navailable_node_types:\n"
+                      "  head: {resources: {CPU: 4}}\n  worker: {resources: {CPU: 2}, max_workers: 1}\n")
+    reported = seqlvm(cluster, "cluster", "report-max", "--autoscaling-config", str(config),
+                      "--address", cluster.gcs_address, timeout=120)
+    assert reported.returncode == 0 and "it grows to at most 6 CPU, 0 GPU" in reported.stdout, reported.stderr
+    refused = seqlvm(cluster, "train", "--data", str(shakespeare), "--workdir", str(tmp_path / "runs"),
+                     "--address", cluster.gcs_address, "--workers", "4", "--cpus-per-worker", "2", "--max-steps",
+                     "4", *TINY, timeout=120)
+    assert refused.returncode == 2 and refused.stderr.strip().splitlines()[-1] == (
+        "seqlvm: error: 4 workers x 2 CPU need 8 CPU, but this cluster's autoscaler grows it to at most 6 CPU; "
+        "lower --workers or --cpus-per-worker"), refused.stderr
+    assert not (tmp_path / "runs" / "ray").exists()
