@@ -72,6 +72,8 @@ def test_only_errors_a_retry_cannot_fix_end_a_run_at_once():
     assert deterministic_error(SeqlvmError("hybrid-vae reads texts of at most 8 tokens, got 12"))
     assert not deterministic_error(torch.distributed.DistBackendError("Connection closed by peer"))
     assert not deterministic_error(RuntimeError("CUDA out of memory"))
+    assert not deterministic_error(RuntimeError("CUDA error: uncorrectable ECC error encountered"))
+    assert not deterministic_error(RuntimeError("NCCL error in: ProcessGroupNCCL.cpp, unhandled system error"))
     assert not deterministic_error(torch.distributed.DistError("store timed out"))
     assert not deterministic_error(OSError("disk full"))
 

@@ -13,8 +13,8 @@ import threading
 from pipelines.errors import SeqlvmError, root_cause
 from seqlvm.cluster.ceiling import ClusterCeiling, WorkerGroup, describe
 
-# Ray Data's per-operator progress bars would drown the training progress lines the rank-0 worker prints.
 GCS_PROBE_TIMEOUT_S = 5
+# Ray Data's per-operator progress bars would drown the training progress lines the rank-0 worker prints.
 QUIET_ENV = {"RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS": "0", "RAY_USAGE_STATS_ENABLED": "0",
              "RAY_DATA_DISABLE_PROGRESS_BARS": "1"}
 

@@ -81,11 +81,17 @@ def all_weights_finite(model: torch.nn.Module) -> bool:
     return all(bool(torch.isfinite(p).all()) for p in model.parameters())
 
 
+RETRYABLE_SIGNS = ("out of memory", "CUDA error", "NCCL", "ECC error")
+
+
 def deterministic_error(exc: Exception) -> bool:
     """Whether an error in a training step would recur on a retry: one the model's code raises on its input or
     configuration, in the forward pass, the backward pass or the optimiser step. Not a collective that lost a peer
-    (a retry from the last checkpoint fixes that), nor running out of memory, which may not recur."""
-    if isinstance(exc, dist.DistError) or "out of memory" in str(exc):
+    (a retry from the last checkpoint fixes that), nor running out of memory, which may not recur, nor a fault
+    the GPU's runtime reports: it may be the device's, and after one the process's CUDA context is unusable, so
+    only restarted workers can go on (the check before Ray runs the model on the CPU, where the code's own
+    faults show as ordinary errors)."""
+    if isinstance(exc, dist.DistError) or any(sign in str(exc) for sign in RETRYABLE_SIGNS):
         return False
     return isinstance(exc, (SeqlvmError, ValueError, TypeError, IndexError, KeyError, NotImplementedError,
                             ArithmeticError, AssertionError, RuntimeError))
