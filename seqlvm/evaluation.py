@@ -14,7 +14,7 @@ from typing import Iterable
 
 import torch
 
-from seqlvm.latent_use import active_units, mutual_information, posterior_decodes
+from seqlvm.latent_use import DecodeSample, active_units, mutual_information
 from seqlvm.models.base import SequenceModel, TextModel
 
 TOTAL_KEYS = ("recon", "kl", "sequences", "steps")
@@ -115,16 +115,17 @@ def evaluate(model: SequenceModel, batches: Iterable[dict], iw_samples: int = 0,
     data's: sentences and tokens of text, sequences and steps of frames."""
     model.eval()
     totals: dict[str, float] = {}
-    decodes = decode_limit and isinstance(model, TextModel) and model.has_global_latent
-    iw_total, posteriors, kept = 0.0, LatentPosteriors(model), []
+    decoding = decode_limit and isinstance(model, TextModel) and model.has_global_latent
+    sample = DecodeSample(decode_limit) if decoding else None
+    iw_total, posteriors = 0.0, LatentPosteriors(model)
     for batch in batches:  # streamed: a progress bar wrapping `batches` follows the evaluation
         batch = {k: v.to(device) for k, v in batch.items()}
-        if decodes:  # decoded after the pass, from batches across the whole split
-            kept.append(batch)
         add_totals(totals, model(batch).totals)
         if iw_samples:
             iw_total += float(importance_weighted_nll(model, batch, iw_samples, chunk).sum())
-        posteriors.add(batch)
+        mu = posteriors.add(batch)
+        if sample is not None:  # decoded after the pass
+            sample.offer(mu, batch["targets"])
     if not totals:
         raise ValueError("no batches to evaluate")
     metrics = summarize(totals)
@@ -135,8 +136,8 @@ def evaluate(model: SequenceModel, batches: Iterable[dict], iw_samples: int = 0,
         metrics["iw_ppl"] = math.exp(min(iw_total / totals["steps"], 50.0))
         metrics["iw_ll_per_step"] = -iw_total / totals["steps"]
     metrics.update(posteriors.metrics())
-    if decodes:
-        metrics.update(posterior_decodes(model, kept, decode_limit).metrics())
+    if sample is not None:
+        metrics.update(sample.decode(model).metrics())
     return metrics
 
 
@@ -150,11 +151,14 @@ class LatentPosteriors:
         self.mu: list[torch.Tensor] = []
         self.logvar: list[torch.Tensor] = []
 
-    def add(self, batch: dict) -> None:
-        if self.model.has_global_latent:
-            mu, logvar = self.model.encode(batch)
-            self.mu.append(mu.float().cpu())
-            self.logvar.append(logvar.float().cpu())
+    def add(self, batch: dict) -> torch.Tensor | None:
+        """Encode the batch; its posterior means (B, latent), or None without a global latent."""
+        if not self.model.has_global_latent:
+            return None
+        mu, logvar = self.model.encode(batch)
+        self.mu.append(mu.float().cpu())
+        self.logvar.append(logvar.float().cpu())
+        return mu
 
     def metrics(self) -> dict[str, float]:
         if not self.model.has_global_latent:

@@ -113,18 +113,37 @@ class PosteriorDecodes:
         }
 
 
-@torch.no_grad()
-def posterior_decodes(model, batches: list[dict], limit: int, seed: int = 0) -> PosteriorDecodes:
-    """Greedy decodes from the posterior means of up to `limit` sentences, from the batches in a seeded random
-    order (batches bucketed by length come sorted: the first ones hold the shortest sentences)."""
-    decodes, references = [], []
-    for index in np.random.default_rng(seed).permutation(len(batches)):
-        batch = batches[index]
-        if len(references) >= limit:
-            break
-        mu, _ = model.encode(batch)
-        take = min(limit - len(references), mu.size(0))
-        decoded = model.decode(mu[:take], greedy=True, max_len=batch["targets"].size(1) + 5)
-        decodes += [words_of(row) for row in decoded.tolist()]
-        references += [words_of(row) for row in batch["targets"][:take].tolist()]
-    return PosteriorDecodes(decodes, references)
+class DecodeSample:
+    """A uniform random sample of up to `limit` sentences of a split, with their posterior means, drawn as the
+    batches stream past (reservoir sampling: memory for `limit` sentences, whatever the split's size, and none
+    favoured by the order of the batches, which come bucketed by length)."""
+
+    def __init__(self, limit: int, seed: int = 0):
+        self.limit, self.seen = limit, 0
+        self.rng = np.random.default_rng(seed)
+        self.means: list[torch.Tensor] = []
+        self.references: list[list[int]] = []
+
+    def offer(self, mu: torch.Tensor, targets: torch.Tensor) -> None:
+        """A batch's posterior means (B, latent) and target ids (B, T)."""
+        mu, targets = mu.detach().cpu(), targets.tolist()
+        for row in range(mu.size(0)):
+            self.seen += 1
+            if len(self.means) < self.limit:
+                self.means.append(mu[row])
+                self.references.append(words_of(targets[row]))
+                continue
+            slot = int(self.rng.integers(self.seen))
+            if slot < self.limit:
+                self.means[slot], self.references[slot] = mu[row], words_of(targets[row])
+
+    @torch.no_grad()
+    def decode(self, model, chunk: int = 64) -> PosteriorDecodes:
+        """Greedy decodes of the sampled means, each allowed 5 tokens beyond its sentence's length."""
+        device = next(model.parameters()).device
+        decodes = []
+        for start in range(0, len(self.means), chunk):
+            means = torch.stack(self.means[start:start + chunk]).to(device)
+            longest = max(len(r) for r in self.references[start:start + chunk])
+            decodes += [words_of(row) for row in model.decode(means, greedy=True, max_len=longest + 6).tolist()]
+        return PosteriorDecodes(decodes, list(self.references))

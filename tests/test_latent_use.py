@@ -1,5 +1,6 @@
 """The measures of latent use (mutual information, active units, posterior decodes) and the collapse guard."""
 import math
+from collections import Counter
 
 import numpy as np
 import pytest
@@ -8,7 +9,7 @@ import torch
 from pipelines.stream import collate
 from pipelines.vocab import BOS_ID, EOS_ID, PAD_ID
 from seqlvm.evaluation import COLLAPSE_PENALTY, CollapseGuard, evaluate
-from seqlvm.latent_use import (PosteriorDecodes, active_units, corpus_bleu, mutual_information, posterior_decodes,
+from seqlvm.latent_use import (DecodeSample, PosteriorDecodes, active_units, corpus_bleu, mutual_information,
                                unigram_f1, words_of)
 from seqlvm.models import build_model
 
@@ -87,10 +88,27 @@ class TestPosteriorDecodes:
         rng = np.random.default_rng(0)
         model = build_model("sentence-vae", dict(embedding_dim=8, hidden_dim=8, latent_dim=2), 30)
         batches = [collate([rng.integers(4, 30, size=n) for _ in range(4)]) for n in range(2, 12)]
-        decodes = posterior_decodes(model, batches, limit=12, seed=0)
-        assert len(decodes.decodes) == len(decodes.references) == 12
+        sample = DecodeSample(limit=12, seed=0)
+        for batch in batches:
+            sample.offer(model.encode(batch)[0], batch["targets"])
+        decodes = sample.decode(model)
+        assert len(decodes.decodes) == len(decodes.references) == 12 and sample.seen == 40
         lengths = {len(r) for r in decodes.references}
         assert lengths != {2, 3, 4}, "the first batches (the shortest sentences) only"
+
+    def test_the_sample_is_uniform_over_the_split(self):
+        """Each of 40 sentences, offered in 10 batches, lands in a sample of 12 with probability 12/40."""
+        targets = torch.arange(4, 44).view(10, 4, 1)  # sentence i is the one-word sentence [4 + i]
+        counts = Counter()
+        for seed in range(400):
+            sample = DecodeSample(limit=12, seed=seed)
+            for batch in targets:
+                sample.offer(torch.zeros(4, 2), batch)
+            counts.update(word for (word,) in sample.references)
+        shares = np.array([counts[4 + i] for i in range(40)]) / 400
+        assert len(counts) == 40 and abs(shares.mean() - 0.3) < 1e-9
+        first, last = shares[:12].mean(), shares[-12:].mean()  # the first batches fill it, the last replace
+        assert first == pytest.approx(0.3, abs=0.04) and last == pytest.approx(0.3, abs=0.04)
 
 
 def test_evaluate_reports_latent_use_of_a_sentence_latent_only():

@@ -56,9 +56,6 @@ class Dimension:
             return IntDistribution(int(self.low), int(self.high), log=self.log)
         return FloatDistribution(self.low, self.high, log=self.kind == "loguniform")
 
-    def representative(self) -> Any:
-        return self.extremes()[0]
-
     def extremes(self) -> list[Any]:
         """The values a trial can take at either end: every choice, or the range's bounds."""
         if self.kind in ("choice", "fixed"):

@@ -20,7 +20,7 @@ from pipelines.shards import absolute_location
 from seqlvm import tracking
 from seqlvm.cluster.ceiling import WorkerGroup
 from seqlvm.cluster.ray_runtime import capacity_watch, join_cluster
-from seqlvm.evaluation import CollapseGuard
+from seqlvm.evaluation import COLLAPSE_PENALTY, CollapseGuard
 from seqlvm.models import model_class
 from seqlvm.tracking import registry
 from seqlvm.training import RunSpec, load_config_file, prepare_run, try_one_step
@@ -40,7 +40,7 @@ DATA_CPUS = 2
 # their input's words showed 4-7 nats of I(x; z) on validation sentences, a collapsed one 0.16 (docs/results.md).
 DEFAULT_MIN_MUTUAL_INFO = 0.5
 DEFAULT_MIN_KL = 0.1
-OBJECTIVE = "validation NLL bound, + 1000 for a trial the collapse guard rejects"
+OBJECTIVE = f"validation NLL bound, + {COLLAPSE_PENALTY:g} for a trial the collapse guard rejects"
 
 
 class SweepInterrupted(SeqlvmError):

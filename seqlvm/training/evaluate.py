@@ -17,7 +17,7 @@ def evaluate_checkpoint(checkpoint: str, data_dir: str | None, split: str = "tes
                         decodes: int = DECODED_SENTENCES) -> dict:
     """Metrics of a checkpoint on a split. Seeded, so two checkpoints compared on the same data see the same
     noise in their sampled bounds. With a global latent, its use (`seqlvm.latent_use`), the posterior decodes'
-    metrics over the first `decodes` sentences. On a words dataset, also the word task's metrics
+    metrics over a sample of `decodes` sentences. On a words dataset, also the word task's metrics
     (cross-entropies to the word distributions with `word_samples` importance samples a word, samples in the
     vocabulary, mutual information)."""
     import torch

@@ -4,6 +4,7 @@ worker of a run takes, skips or fails together (`take_step`)."""
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -43,6 +44,7 @@ def precision(cfg: TrainConfig, device: torch.device, model: SequenceModel) -> t
     return {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[choice]
 
 
+@functools.cache  # asked at every step
 def cpu_has_native_bf16() -> bool:
     return any(getattr(torch.cpu, check, lambda: False)() for check in ("_is_amx_tile_supported",
                                                                        "_is_avx512_bf16_supported"))
