@@ -2,6 +2,7 @@
 from a cluster launcher config (no Ray; tests/test_e2e_train.py reports it to a real GCS and reads it back)."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -28,13 +29,14 @@ INSTANCE_RESOURCES = {"cpu": {"CPU": 16}, "gpu": {"CPU": 8, "GPU": 1}}  # m6i.4x
 
 
 def bootstrapped(tmp_path: Path, **changes) -> str:
-    """infra's AWS launcher config as `ray up` writes it to the head: each node type's resources filled in."""
+    """infra's AWS launcher config as `ray up` writes it to the head: each node type's resources filled in, as
+    JSON (which YAML reads)."""
     config = yaml.safe_load(LAUNCHER_CONFIG.read_text())
     for name, resources in INSTANCE_RESOURCES.items():
         config["available_node_types"][name]["resources"] = resources
     config.update(changes)
     path = tmp_path / "ray_bootstrap_config.yaml"
-    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    path.write_text(json.dumps(config))
     return str(path)
 
 

@@ -58,16 +58,15 @@ def check_address(address: str) -> None:
                           "RAY_ADDRESS") from None
 
 
-def join_cluster(group: WorkerGroup, address: str | None):
+def join_cluster(group: WorkerGroup, address: str | None) -> None:
     """Start or join Ray for a run, and refuse, before anything is written, one the cluster could never hold, even
     at its autoscaler's maximum size. Below that, Train waits for nodes, and `capacity_watch` says what it waits
     for."""
-    ray = ensure_ray(group.workers * group.per_worker["CPU"], address)
+    ensure_ray(group.workers * group.per_worker["CPU"], address)
     ceiling = ClusterCeiling.reported()
     refusal = ceiling.refusal(group) if ceiling else None
     if refusal:
         raise SeqlvmError(refusal)
-    return ray
 
 
 def capacity_notice(group: WorkerGroup) -> str | None:
