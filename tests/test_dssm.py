@@ -11,6 +11,7 @@ from pipelines.stream import collate
 from pipelines.vocab import EOS_ID, PAD_ID
 from seqlvm.evaluation import importance_weighted_nll
 from seqlvm.models import MODELS
+from seqlvm.models.fields import validate_config
 from seqlvm.models.dssm import DSSM, DSSMConfig, two_flow_transition
 from seqlvm.models.flows import build_flow, parse_flow
 from seqlvm.objectives import log_normal
@@ -23,7 +24,7 @@ WORDS = [np.array([4, 5, 6]), np.array([7, 8, 4, 5, 6, 7]), np.array([5])]
 
 def small_model(**overrides) -> DSSM:
     config = DSSMConfig(**{"state_dim": DIM, "embedding_dim": 5, "inference_dim": 6, "flow_hidden": 7, **overrides})
-    config.validate()
+    validate_config(config, "model")
     return DSSM(config, VOCAB)
 
 
@@ -85,8 +86,8 @@ def test_flow_specs_stack_layers():
 @pytest.mark.parametrize("overrides", [{"importance_samples": 0}, {"diagonal_clip": 0.5},
                                        {"generative_flow": "lstm"}, {"shared_flow": True, "inference_flow": "diag"}])
 def test_config_errors_are_one_line(overrides):
-    with pytest.raises(SeqlvmError) as error:
-        DSSMConfig(**overrides).validate()
+    with pytest.raises(SeqlvmError, match=f"model.{next(iter(overrides))}") as error:
+        validate_config(DSSMConfig(**overrides), "model")
     assert "\n" not in str(error.value)
 
 

@@ -13,6 +13,7 @@ from pipelines.stream import collate
 from pipelines.vocab import BOS_ID, EOS_ID, PAD_ID
 from seqlvm.evaluation import importance_weighted_nll
 from seqlvm.models import build_model
+from seqlvm.models.fields import validate_config
 from seqlvm.models.hybrid_vae import HybridVAEConfig, sequence_nll
 
 VOCAB = 12
@@ -201,8 +202,8 @@ def test_greedy_decoding_follows_the_teacher_forced_argmax():
 @pytest.mark.parametrize("bad", [dict(lm="gru"), dict(aux_weight=-0.1), dict(history_keep_rate=1.5),
                                  dict(conv_layers=0)])
 def test_bad_configs_are_one_line_errors(bad):
-    with pytest.raises(SeqlvmError):
-        HybridVAEConfig(**bad).validate()
+    with pytest.raises(SeqlvmError, match=f"model.{next(iter(bad))}"):
+        validate_config(HybridVAEConfig(**bad), "model")
 
 
 def test_history_dropout_only_in_training():

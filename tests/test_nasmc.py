@@ -11,6 +11,7 @@ from torch import distributions as D
 
 from pipelines.errors import SeqlvmError
 from seqlvm.models import MODELS
+from seqlvm.models.fields import validate_config
 from seqlvm.models.nasmc import (NASMC, NASMCConfig, diagonal_gaussian, draw_ancestors, markov_step,
                                  normalised_log_weights, smc)
 
@@ -254,8 +255,8 @@ def test_normalising_log_weights_gives_a_distribution():
 
 @pytest.mark.parametrize("field, value", [("resampling", "stratified"), ("ess_threshold", 1.5), ("particles", 0)])
 def test_bad_configs_are_refused(field, value):
-    with pytest.raises(SeqlvmError):
-        NASMCConfig(**{field: value}).validate()
+    with pytest.raises(SeqlvmError, match=f"model.{field}"):
+        validate_config(NASMCConfig(**{field: value}), "model")
 
 
 def test_the_model_is_registered():

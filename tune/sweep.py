@@ -69,10 +69,7 @@ def sweep_space(request: SweepRequest, spec: RunSpec) -> tuple[list[Dimension], 
             else default_space(model_fields, spec.train.max_steps, model.has_latent))
     for dim in dims:
         for value in dim.extremes():
-            try:
-                spec.with_values({dim.name: value})
-            except SeqlvmError as exc:
-                raise SeqlvmError(f"{source}: tune.space.{dim.name}={value!r}: {exc}") from None
+            spec.with_values({dim.name: value}, source=f"{source}: tune.space.{dim.name}={value!r}")
     return dims, collapse_guard(request, raw, model, source)
 
 
@@ -224,7 +221,7 @@ def run_sweep(request: SweepRequest, resume: bool = False, console=None) -> Swee
         raise SweepInterrupted(f"sweep {name} was interrupted before its {request.num_samples} trials finished; "
                                f"continue it with `seqlvm tune --resume --name {name}`")
     rows = summary.trial_rows(results, dims, max_steps)
-    summary.finish_child_runs(tracking_uri, experiment_id, name, rows)
+    summary.end_trial_runs(tracking_uri, experiment_id, name, rows, request.storage)
     summary.log_to_parent(tracking_uri, parent_run_id, rows, dims)
     result = SweepResult(name, parent_run_id, tracking_uri, rows, summary.best_row(rows))
     if result.best is None:

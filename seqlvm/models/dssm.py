@@ -50,6 +50,7 @@ from torch import nn
 from pipelines.errors import SeqlvmError
 from pipelines.vocab import BOS_ID, EOS_ID, PAD_ID
 from seqlvm.models.base import ModelOutput, TextModel, step_mask
+from seqlvm.models.fields import Range, bounded, size
 from seqlvm.models.flows import FlowStack, build_flow, parse_flow
 from seqlvm.models.heads import gaussian_parameters
 from seqlvm.objectives import log_normal
@@ -59,24 +60,19 @@ from seqlvm.objectives import log_normal
 class DSSMConfig:
     # Defaults: the paper's d = 8 TRIL model trained on the plain ELBO (Table 1, first row). The paper leaves
     # the embedding, inference-GRU and flow-MLP sizes and the clip delta open (0 < delta < 0.5): ours.
-    state_dim: int = 8
-    embedding_dim: int = 8
-    inference_dim: int = 32  # the backward GRU's state a_t
-    flow_hidden: int = 32  # hidden units of the MLPs g(h), G(h) of TRIL/DIAG and of the posterior network
+    state_dim: int = size(8)
+    embedding_dim: int = size(8)
+    inference_dim: int = size(32)  # the backward GRU's state a_t
+    flow_hidden: int = size(32)  # hidden units of the MLPs g(h), G(h) of TRIL/DIAG and of the posterior network
     generative_flow: str = "tril"  # F_g: a stack like "tril", "2xtril", "tril,diag", "id", "realnvp", "nvp3"
     inference_flow: str = "tril"  # F_q
     shared_flow: bool = False  # F_q = F_g (one set of weights; the single-flow ELBO)
-    importance_samples: int = 1  # K of Algorithm 1; 1 is the plain ELBO
-    diagonal_clip: float = 0.1  # delta: diagonal entries of G(h) are kept out of (-delta, delta)
+    importance_samples: int = size(1)  # K of Algorithm 1; 1 is the plain ELBO
+    # delta: diagonal entries of G(h) are kept out of (-delta, delta)
+    diagonal_clip: float = bounded(0.1, Range(0.0, 0.5, low_open=True, high_open=True))
     posterior_sees_state: bool = False  # condition q(xi_t | ...) on h_{t-1} as well as on a_t
 
     def validate(self) -> None:
-        if min(self.state_dim, self.embedding_dim, self.inference_dim, self.flow_hidden) < 1:
-            raise SeqlvmError("model.state_dim, embedding_dim, inference_dim and flow_hidden must be at least 1")
-        if self.importance_samples < 1:
-            raise SeqlvmError(f"model.importance_samples must be at least 1, got {self.importance_samples}")
-        if not 0.0 < self.diagonal_clip < 0.5:
-            raise SeqlvmError(f"model.diagonal_clip must be in (0, 0.5), got {self.diagonal_clip}")
         if self.shared_flow and self.inference_flow.lower() != self.generative_flow.lower():
             raise SeqlvmError("model.shared_flow uses one flow for both models: set inference_flow equal to "
                               f"generative_flow ({self.generative_flow!r}), not {self.inference_flow!r}")

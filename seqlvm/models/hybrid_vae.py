@@ -36,6 +36,7 @@ from pipelines.errors import SeqlvmError
 from pipelines.vocab import BOS_ID, EOS_ID, PAD_ID
 from seqlvm.models.base import ModelOutput, TextModel
 from seqlvm.models.decoder import decoder_inputs
+from seqlvm.models.fields import non_negative, rate, size
 from seqlvm.models.heads import gaussian_parameters
 from seqlvm.objectives import gaussian_kl, log_normal
 
@@ -44,30 +45,23 @@ LANGUAGE_MODELS = ("lstm", "bytenet", "none")
 
 @dataclass
 class HybridVAEConfig:
-    max_length: int = 60  # the longest text in tokens (</s> not counted): the deconvolution's fixed output size
-    latent_dim: int = 50
-    conv_layers: int = 2  # encoder and decoder layers, each halving (doubling) the length
-    conv_channels: int = 128  # the first encoder layer's maps; each next layer doubles them up to max_conv_channels
-    max_conv_channels: int = 512
-    feature_dim: int = 200  # maps of the last deconvolutional layer
+    max_length: int = size(60)  # the longest text in tokens (</s> not counted): the deconvolution's fixed output size
+    latent_dim: int = size(50)
+    conv_layers: int = size(2)  # encoder and decoder layers, each halving (doubling) the length
+    # the first encoder layer's maps; each next layer doubles them up to max_conv_channels
+    conv_channels: int = size(128)
+    max_conv_channels: int = size(512)
+    feature_dim: int = size(200)  # maps of the last deconvolutional layer
     lm: str = "lstm"  # lstm | bytenet | none
-    lm_hidden: int = 500  # LSTM units, or channels of each masked convolution
-    bytenet_layers: int = 4
+    lm_hidden: int = size(500)  # LSTM units, or channels of each masked convolution
+    bytenet_layers: int = size(4)
     bytenet_dilated: bool = False  # the paper's masked stack is undilated; true doubles the dilation per layer
-    aux_weight: float = 0.2  # alpha of Eq. 3
-    history_keep_rate: float = 1.0
+    aux_weight: float = non_negative(0.2)  # alpha of Eq. 3
+    history_keep_rate: float = rate(1.0)
 
     def validate(self) -> None:
         if self.lm not in LANGUAGE_MODELS:
             raise SeqlvmError(f"model.lm must be one of {', '.join(LANGUAGE_MODELS)}, not {self.lm!r}")
-        if self.aux_weight < 0:
-            raise SeqlvmError(f"model.aux_weight must be at least 0, got {self.aux_weight}")
-        if not 0.0 <= self.history_keep_rate <= 1.0:
-            raise SeqlvmError(f"model.history_keep_rate must be in [0, 1], got {self.history_keep_rate}")
-        sizes = ("max_length", "latent_dim", "conv_layers", "conv_channels", "max_conv_channels", "feature_dim",
-                 "lm_hidden", "bytenet_layers")
-        if min(getattr(self, name) for name in sizes) < 1:
-            raise SeqlvmError(f"model sizes ({', '.join(sizes)}) must be at least 1")
 
     def channels(self) -> list[int]:
         """Feature maps of the encoder's layers, bottom to top (the decoder's, top to bottom)."""

@@ -56,6 +56,7 @@ from torch import nn
 
 from pipelines.errors import SeqlvmError
 from seqlvm.models.base import FrameModel, ModelOutput, step_mask
+from seqlvm.models.fields import rate, size
 from seqlvm.models.heads import build_head, check_output, gaussian_parameters, mlp
 from seqlvm.models.latent_rnn import ancestral_frames
 
@@ -69,28 +70,21 @@ StepFunction = Callable[[ParticleState, int], tuple[ParticleState, torch.Tensor,
 
 @dataclass
 class NASMCConfig:
-    hidden_dim: int = 256  # the LV-RNN's LSTM
-    latent_dim: int = 16
-    feature_dim: int = 128  # phi_x, phi_z, the prior and emission networks
+    hidden_dim: int = size(256)  # the LV-RNN's LSTM
+    latent_dim: int = size(16)
+    feature_dim: int = size(128)  # phi_x, phi_z, the prior and emission networks
     output: str = "bernoulli"  # gauss | gmm | bernoulli | strokes (default: what the data's manifest names)
-    components: int = 20  # GMM components of a gmm output
-    proposal_hidden_dim: int = 128  # the proposal's LSTM
-    proposal_components: int = 5  # Gaussians in the proposal's mixture density
+    components: int = size(20)  # GMM components of a gmm output
+    proposal_hidden_dim: int = size(128)  # the proposal's LSTM
+    proposal_components: int = size(5)  # Gaussians in the proposal's mixture density
     residual_proposal: bool = True  # proposal means and scales relative to the transition's
-    particles: int = 8
-    ess_threshold: float = 0.5  # resample when ESS < ess_threshold * particles
+    particles: int = size(8)
+    ess_threshold: float = rate(0.5)  # resample when ESS < ess_threshold * particles
     resampling: str = "multinomial"  # multinomial | systematic
     bootstrap: bool = False  # propose from the transition (the bootstrap filter) and learn no proposal
 
     def validate(self) -> None:
         check_output(self.output)
-        sizes = (self.hidden_dim, self.latent_dim, self.feature_dim, self.components, self.proposal_hidden_dim,
-                 self.proposal_components, self.particles)
-        if min(sizes) < 1:
-            raise SeqlvmError("model sizes (hidden_dim, latent_dim, feature_dim, components, proposal_hidden_dim, "
-                              "proposal_components, particles) must be at least 1")
-        if not 0.0 <= self.ess_threshold <= 1.0:
-            raise SeqlvmError(f"model.ess_threshold must be in [0, 1], not {self.ess_threshold}")
         if self.resampling not in RESAMPLING:
             raise SeqlvmError(f"model.resampling must be one of {', '.join(RESAMPLING)}, not {self.resampling!r}")
 

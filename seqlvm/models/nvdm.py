@@ -35,6 +35,7 @@ from torch.nn import functional as F
 from pipelines.errors import SeqlvmError
 from pipelines.vocab import BOS_ID, EOS_ID, PAD_ID, UNK_ID
 from seqlvm.models.base import ModelOutput, TextModel
+from seqlvm.models.fields import size
 from seqlvm.models.heads import gaussian_parameters
 from seqlvm.objectives import gaussian_kl, log_normal
 
@@ -44,17 +45,15 @@ ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh}
 @dataclass
 class NVDMConfig:
     # Defaults: the paper's 20News model (§5.1): 500 hidden units, a 50-dimensional latent (200 also reported).
-    hidden_dim: int = 500
-    encoder_layers: int = 2
+    hidden_dim: int = size(500)
+    encoder_layers: int = size(2)
     activation: str = "relu"  # relu | tanh
-    latent_dim: int = 50
+    latent_dim: int = size(50)
     include_unknown: bool = False  # whether <unk> is a word of the bag (the paper drops out-of-vocabulary words)
 
     def validate(self) -> None:
         if self.activation not in ACTIVATIONS:
             raise SeqlvmError(f"model.activation must be one of {', '.join(ACTIVATIONS)}, not {self.activation!r}")
-        if min(self.hidden_dim, self.encoder_layers, self.latent_dim) < 1:
-            raise SeqlvmError("model.hidden_dim, model.encoder_layers and model.latent_dim must be at least 1")
 
 
 def bag_of_words(targets: torch.Tensor, vocab_size: int) -> torch.Tensor:

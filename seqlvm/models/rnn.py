@@ -9,16 +9,17 @@ import torch
 from torch import nn
 
 from seqlvm.models.base import FrameModel, ModelOutput, frame_totals, step_mask
+from seqlvm.models.fields import size
 from seqlvm.models.heads import build_head, check_output, mlp
 
 
 @dataclass
 class FrameRNNConfig:
-    hidden_dim: int = 256
-    feature_dim: int = 128
-    feature_layers: int = 1
+    hidden_dim: int = size(256)
+    feature_dim: int = size(128)
+    feature_layers: int = size(1)
     output: str = "gauss"  # gauss | gmm | bernoulli | strokes (default: what the data's manifest names)
-    components: int = 20
+    components: int = size(20)
 
     def validate(self) -> None:
         check_output(self.output)

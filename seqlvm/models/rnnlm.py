@@ -11,21 +11,20 @@ from pipelines.errors import SeqlvmError
 from pipelines.vocab import PAD_ID
 from seqlvm.models.base import ModelOutput, TextModel
 from seqlvm.models.decoder import RNN_CELLS, RNNDecoder, decoder_inputs
+from seqlvm.models.fields import rate, size
 
 
 @dataclass
 class RNNLMConfig:
     # Defaults: Bowman et al., Table 11, standard RNNLM.
-    embedding_dim: int = 464
-    hidden_dim: int = 337
-    word_keep_rate: float = 0.66
-    embedding_dropout: float = 0.0
-    hidden_dropout: float = 0.0
+    embedding_dim: int = size(464)
+    hidden_dim: int = size(337)
+    word_keep_rate: float = rate(0.66)
+    embedding_dropout: float = rate(0.0)
+    hidden_dropout: float = rate(0.0)
     cell: str = "lstm"  # lstm | gru
 
     def validate(self) -> None:
-        if not 0.0 <= self.word_keep_rate <= 1.0:
-            raise SeqlvmError(f"model.word_keep_rate must be in [0, 1], got {self.word_keep_rate}")
         if self.cell not in RNN_CELLS:
             raise SeqlvmError(f"model.cell must be {' or '.join(RNN_CELLS)}, got {self.cell!r}")
 

@@ -22,35 +22,27 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from pipelines.errors import SeqlvmError
 from pipelines.vocab import PAD_ID
 from seqlvm.models.base import ModelOutput, TextModel
 from seqlvm.models.decoder import RNNDecoder, decoder_inputs
+from seqlvm.models.fields import non_negative, rate, size
 from seqlvm.objectives import gaussian_kl, log_normal
 
 
 @dataclass
 class SentenceVAEConfig:
     # Defaults: the Penn Treebank VAE of Bowman et al., Table 11 (Bayesian-optimised).
-    embedding_dim: int = 353
-    hidden_dim: int = 191
-    latent_dim: int = 13
-    word_keep_rate: float = 0.62
-    latent_samples: int = 1
+    embedding_dim: int = size(353)
+    hidden_dim: int = size(191)
+    latent_dim: int = size(13)
+    word_keep_rate: float = rate(0.62)
+    latent_samples: int = size(1)
     average_hidden: bool = False
     z_every_step: bool = False
-    embedding_dropout: float = 0.0
-    hidden_dropout: float = 0.0
-    free_bits: float = 0.0  # nats per latent dimension; 0 = the plain KL term
-    bow_weight: float = 0.0  # weight of the bag-of-words loss; 0 = none
-
-    def validate(self) -> None:
-        if not 0.0 <= self.word_keep_rate <= 1.0:
-            raise SeqlvmError(f"model.word_keep_rate must be in [0, 1], got {self.word_keep_rate}")
-        if self.latent_samples < 1 or self.latent_dim < 1:
-            raise SeqlvmError("model.latent_samples and model.latent_dim must be at least 1")
-        if self.free_bits < 0 or self.bow_weight < 0:
-            raise SeqlvmError("model.free_bits and model.bow_weight must not be negative")
+    embedding_dropout: float = rate(0.0)
+    hidden_dropout: float = rate(0.0)
+    free_bits: float = non_negative(0.0)  # nats per latent dimension; 0 = the plain KL term
+    bow_weight: float = non_negative(0.0)  # weight of the bag-of-words loss; 0 = none
 
 
 class SentenceVAE(TextModel):

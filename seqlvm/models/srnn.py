@@ -16,26 +16,24 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from pipelines.errors import SeqlvmError
 from seqlvm.models.base import FrameModel, ModelOutput, frame_totals, step_mask
+from seqlvm.models.fields import size
 from seqlvm.models.heads import build_head, check_output, gaussian_parameters, mlp
 from seqlvm.objectives import gaussian_kl_between, log_normal
 
 
 @dataclass
 class SRNNConfig:
-    hidden_dim: int = 256  # GRU units of d_t and of the backward a_t
-    latent_dim: int = 16
-    feature_dim: int = 128  # units of the two-layer networks
+    hidden_dim: int = size(256)  # GRU units of d_t and of the backward a_t
+    latent_dim: int = size(16)
+    feature_dim: int = size(128)  # units of the two-layer networks
     output: str = "gauss"  # gauss | gmm | bernoulli | strokes (default: what the data's manifest names)
-    components: int = 20
+    components: int = size(20)
     smoothing: bool = True  # false: filtering, q sees only x_t and d_t
     resq: bool = True  # the posterior mean as a residual on the prior mean
 
     def validate(self) -> None:
         check_output(self.output)
-        if min(self.hidden_dim, self.latent_dim, self.feature_dim, self.components) < 1:
-            raise SeqlvmError("model sizes (hidden_dim, latent_dim, feature_dim, components) must be at least 1")
 
 
 def gaussian_params(in_dim: int, hidden: int, latent: int) -> nn.Sequential:

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from pipelines.errors import SeqlvmError
 from seqlvm.models.base import FrameModel, ModelOutput, frame_totals, step_mask
+from seqlvm.models.fields import size
 from seqlvm.models.heads import build_head, check_output, gaussian_parameters, mlp
 from seqlvm.models.latent_rnn import ancestral_frames
 from seqlvm.objectives import gaussian_kl_between, log_normal
@@ -27,19 +27,16 @@ from seqlvm.objectives import gaussian_kl_between, log_normal
 class VRNNConfig:
     # The papers use 2000 LSTM units and 600-unit, 4-layer feature extractors for speech (1 layer for
     # handwriting); these defaults are sized for a CPU.
-    hidden_dim: int = 256
-    latent_dim: int = 16
-    feature_dim: int = 128
-    feature_layers: int = 1
+    hidden_dim: int = size(256)
+    latent_dim: int = size(16)
+    feature_dim: int = size(128)
+    feature_layers: int = size(1)
     output: str = "gauss"  # gauss | gmm | bernoulli | strokes (default: what the data's manifest names)
-    components: int = 20  # GMM components
+    components: int = size(20)  # GMM components
     conditional_prior: bool = True  # false: VRNN-I, z_t ~ N(0, I)
 
     def validate(self) -> None:
         check_output(self.output)
-        if min(self.hidden_dim, self.latent_dim, self.feature_dim, self.feature_layers, self.components) < 1:
-            raise SeqlvmError("model sizes (hidden_dim, latent_dim, feature_dim, feature_layers, components) "
-                              "must be at least 1")
 
 
 class VRNN(FrameModel):

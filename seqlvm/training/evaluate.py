@@ -53,6 +53,6 @@ def check_same_kind_of_data(payload: dict, dataset: PreparedDataset) -> None:
         return
     trained_on = payload.get("data_info", {})
     if (dataset.modality, dataset.frame_dim) != (trained_on.get("modality"), trained_on.get("frame_dim")):
-        raise SeqlvmError(f"{dataset.location}: {dataset.modality} data of {dataset.frame_dim}-dimensional frames, "
-                          f"but the model was trained on {trained_on.get('modality')} frames of "
-                          f"{trained_on.get('frame_dim')}")
+        given = "text data" if dataset.is_text else f"{dataset.modality} frames of {dataset.frame_dim} values"
+        raise SeqlvmError(f"{dataset.location}: {given}, but the model was trained on {trained_on.get('modality')} "
+                          f"frames of {trained_on.get('frame_dim')} values")

@@ -17,6 +17,7 @@ import yaml
 
 from pipelines.errors import SeqlvmError
 from seqlvm.models import model_class
+from seqlvm.models.fields import Range, bounded, count, non_negative, positive, size, validate_config
 
 
 KL_SCHEDULES = ("sigmoid", "linear", "cyclical", "constant")
@@ -24,52 +25,48 @@ KL_SCHEDULES = ("sigmoid", "linear", "cyclical", "constant")
 
 @dataclass
 class TrainConfig:
-    batch_size: int = 32
-    epochs: int = 10
-    max_steps: int | None = None
+    batch_size: int = size(32)
+    epochs: int = size(10)
+    max_steps: int | None = size(None)
     optimizer: str = "adam"  # adam | sgd
-    lr: float = 1e-3
-    grad_clip: float = 5.0
-    weight_decay: float = 0.0
+    lr: float = positive(1e-3)
+    grad_clip: float = positive(5.0)
+    weight_decay: float = non_negative(0.0)
     # KL cost annealing: sigmoid (Bowman et al. Fig. 2), linear warm-up (Kruengkrai), cyclical (Fu et al.), or
     # constant.
     kl_anneal: str = "sigmoid"
-    kl_anneal_rate: float = 0.0025
-    kl_anneal_midpoint: int = 2500
-    kl_warmup_steps: int = 2000
-    kl_cycle_steps: int = 1000
-    kl_cycle_rise: float = 0.5  # the share of each cycle over which the weight rises
-    kl_weight: float = 1.0  # the weight for `constant`, and the ceiling of the other schedules
+    kl_anneal_rate: float = positive(0.0025)
+    kl_anneal_midpoint: int = count(2500)
+    kl_warmup_steps: int = count(2000)
+    kl_cycle_steps: int = size(1000)
+    # the share of each cycle over which the weight rises
+    kl_cycle_rise: float = bounded(0.5, Range(0.0, 1.0, low_open=True))
+    kl_weight: float = non_negative(1.0)  # the weight for `constant`, and the ceiling of the other schedules
     # Data streaming
-    bucket_factor: int = 20  # sort windows of bucket_factor*batch_size sentences by length; 1 = no bucketing
-    shuffle_buffer: int = 2000
+    bucket_factor: int = size(20)  # sort windows of bucket_factor*batch_size sentences by length; 1 = no bucketing
+    shuffle_buffer: int = count(2000)
     # Evaluation and checkpoints
-    eval_every: int = 200
-    log_every: int = 20
-    eval_batches: int | None = None  # cap on validation batches per worker (None = whole split)
-    final_iw_samples: int = 50  # importance samples for the test-set NLL logged at the end of training
-    keep_checkpoints: int = 3
+    eval_every: int = size(200)
+    log_every: int = size(20)
+    eval_batches: int | None = size(None)  # cap on validation batches per worker (None = whole split)
+    final_iw_samples: int = size(50)  # importance samples for the test-set NLL logged at the end of training
+    keep_checkpoints: int = size(3)
     seed: int = 0
     use_gpu: bool = False
     mixed_precision: str = "auto"  # auto (bf16 on a CPU with native bf16) | none | bf16 | fp16 (GPU only)
     # The collapse guard (seqlvm.evaluation.CollapseGuard, set by sweeps): validation KL, mutual information (nats)
     # and active units below which the reported objective is penalised as collapsed; 0 checks nothing.
-    min_kl: float = 0.0
-    min_mutual_info: float = 0.0
-    min_active_units: int = 0
+    min_kl: float = non_negative(0.0)
+    min_mutual_info: float = non_negative(0.0)
+    min_active_units: int = count(0)
 
     def validate(self) -> None:
         if self.kl_anneal not in KL_SCHEDULES:
             raise SeqlvmError(f"train.kl_anneal must be one of {', '.join(KL_SCHEDULES)}, not {self.kl_anneal!r}")
-        if self.kl_cycle_steps < 1 or not 0.0 < self.kl_cycle_rise <= 1.0:
-            raise SeqlvmError("train.kl_cycle_steps must be at least 1 and train.kl_cycle_rise in (0, 1]")
         if self.optimizer not in ("adam", "sgd"):
             raise SeqlvmError(f"train.optimizer must be adam or sgd, not {self.optimizer!r}")
         if self.mixed_precision not in ("auto", "none", "bf16", "fp16"):
             raise SeqlvmError(f"train.mixed_precision must be auto, none, bf16 or fp16, not {self.mixed_precision!r}")
-        for name in ("batch_size", "epochs", "eval_every", "log_every", "bucket_factor"):
-            if getattr(self, name) < 1:
-                raise SeqlvmError(f"train.{name} must be at least 1")
 
 
 # `tune:` holds a sweep's search space and objective (read by tune/space.py, ignored by training).
@@ -189,9 +186,11 @@ class RunSpec:
                                        for k, v in model.items()})
         train_config = TrainConfig(**{k: _check_value("train", k, v, getattr(defaults_train, k), source)
                                       for k, v in train.items()})
-        train_config.validate()
-        if hasattr(model_config, "validate"):
-            model_config.validate()
+        try:
+            validate_config(model_config, "model")
+            validate_config(train_config, "train")
+        except SeqlvmError as exc:
+            raise SeqlvmError(f"{source}: {exc}") from None
         return cls(name, model_config, train_config)
 
     def build_model(self, input_size: int):
@@ -203,7 +202,10 @@ class RunSpec:
         sections = _sections(model_class(self.model_name))
         changed = {"model": dataclasses.asdict(self.model), "train": dataclasses.asdict(self.train)}
         for key, value in values.items():
-            section, name = _section_of(key, sections, f"{key}={value!r}")
+            try:
+                section, name = _section_of(key, sections, f"{key}={value!r}")
+            except SeqlvmError as exc:
+                raise SeqlvmError(f"{source}: {exc}") from None
             changed[section][name] = value
         return self._checked(self.model_name, changed["model"], changed["train"], source)
 
