@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipelines.modalities import renderer
+from pipelines.handlers import renderer
 from seqlvm.models import FrameModel
 
 

@@ -1,5 +1,6 @@
 """The layers, read from the imports of every module of `pipelines/`, `seqlvm/` and `tune/` (module-level and
-function-level alike), against docs/architecture.md:
+function-level alike, and modules named by `importlib.import_module("...")` or by a registry string such as
+"pipelines.audio:render_audio"), against docs/architecture.md:
 
     seqlvm.cli        the command line: the only importer of tune
     tune              sweeps: training only through its package, `seqlvm.training`
@@ -17,24 +18,32 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 PACKAGES = ("pipelines", "seqlvm", "tune")
 MATHS = ("seqlvm.models", "seqlvm.objectives")
+IMPORT_CALLS = ("importlib.import_module", "import_module", "__import__")
 
 
-def module_files() -> dict[str, Path]:
+def module_files(root: Path = REPO) -> dict[str, Path]:
     found = {}
     for package in PACKAGES:
-        for path in sorted((REPO / package).rglob("*.py")):
-            parts = path.relative_to(REPO).with_suffix("").parts
+        for path in sorted((root / package).rglob("*.py")):
+            parts = path.relative_to(root).with_suffix("").parts
             found[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
     return found
 
 
 def imports_of(module: str, path: Path, known: set[str]) -> set[str]:
     """Every module `module` imports: `import a.b` gives a.b; `from a import b` gives a, and a.b when that is a
-    module; relative imports resolved."""
+    module; relative imports resolved; `importlib.import_module("a.b")` and `__import__("a.b")` give a.b, and so
+    does a string "a.b:name" naming a known module (a registry entry loaded with importlib)."""
     package = module if path.name == "__init__.py" else module.rpartition(".")[0]
     found = set()
     for node in ast.walk(ast.parse(path.read_text(), str(path))):
-        if isinstance(node, ast.Import):
+        if isinstance(node, ast.Call) and ast.unparse(node.func) in IMPORT_CALLS and node.args \
+                and isinstance(node.args[0], ast.Constant) and isinstance(node.args[0].value, str):
+            found.add(node.args[0].value)
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str) and ":" in node.value \
+                and node.value.split(":", 1)[0] in known:
+            found.add(node.value.split(":", 1)[0])
+        elif isinstance(node, ast.Import):
             found.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom):
             base = node.module or ""
@@ -46,8 +55,8 @@ def imports_of(module: str, path: Path, known: set[str]) -> set[str]:
     return found - {module}
 
 
-def import_graph() -> dict[str, set[str]]:
-    files = module_files()
+def import_graph(root: Path = REPO) -> dict[str, set[str]]:
+    files = module_files(root)
     return {module: imports_of(module, path, set(files)) for module, path in files.items()}
 
 
@@ -130,3 +139,38 @@ def test_the_checks_catch_a_forbidden_import_and_a_cycle():
         assert [v for v in layer_violations(broken) if v.startswith(f"{module} imports {target}:")], (module, target)
     looped = {**graph, "pipelines.errors": graph["pipelines.errors"] | {"pipelines.dataset"}}
     assert any("pipelines.errors" in group for group in cycles(looped))
+
+
+# A package tree with every form of import the reader must see: relative ones (one and two levels up), imports inside
+# functions, `from PACKAGE import MODULE`, importlib with a literal name, and a registry string.
+PLANTED_TREE = {
+    "pipelines/__init__.py": "",
+    "pipelines/a.py": "from . import b\nfrom .b import thing\n\n\ndef late():\n    import seqlvm.training.driver\n",
+    "pipelines/b.py": ("import importlib\n\nREGISTRY = {'plain': 'pipelines.c:render', 'not a module': 'x:y'}\n\n\n"
+                       "def load():\n    return importlib.import_module('seqlvm.models')\n"),
+    "pipelines/c.py": "",
+    "pipelines/sub/__init__.py": "",
+    "pipelines/sub/d.py": "from .. import a\nfrom ..b import load\n",
+    "seqlvm/__init__.py": "",
+    "seqlvm/models/__init__.py": "",
+    "seqlvm/training/__init__.py": "",
+    "seqlvm/training/driver.py": "",
+    "seqlvm/report.py": "from seqlvm import training\n",
+    "tune/__init__.py": "",
+}
+
+
+def test_the_reader_sees_every_form_of_import(tmp_path):
+    for name, code in PLANTED_TREE.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(code)
+    graph = import_graph(tmp_path)
+    assert graph["pipelines.a"] == {"pipelines", "pipelines.b", "seqlvm.training.driver"}
+    assert graph["pipelines.b"] == {"importlib", "pipelines.c", "seqlvm.models"}
+    assert graph["pipelines.sub.d"] == {"pipelines", "pipelines.a", "pipelines.b"}
+    assert graph["seqlvm.report"] == {"seqlvm", "seqlvm.training"}
+    violations = layer_violations(graph)
+    for module, target in (("pipelines.a", "seqlvm.training.driver"), ("pipelines.b", "seqlvm.models"),
+                           ("seqlvm.report", "seqlvm.training")):
+        assert [v for v in violations if v.startswith(f"{module} imports {target}:")], (module, target)
+    assert len(violations) == 3, violations

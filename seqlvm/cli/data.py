@@ -7,7 +7,7 @@ from dataclasses import fields
 
 from rich.table import Table
 
-from pipelines.modalities import PREPARERS
+from pipelines.handlers import PREPARERS
 from seqlvm.cli.output import console, out
 
 
