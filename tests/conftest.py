@@ -8,6 +8,8 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from skip_policy import (  # noqa: F401
+    pytest_make_collect_report, pytest_runtest_makereport, pytest_sessionfinish, pytest_terminal_summary)
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")

@@ -1,4 +1,5 @@
-"""Piano rolls from the SRNN authors' npz files (real JSB Chorales in ../shared/data/midi) and frame batches."""
+"""Piano rolls from the SRNN authors' npz files (a slice of the real JSB Chorales in tests/fixtures/midi) and frame
+batches."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -10,13 +11,14 @@ from pipelines.errors import SeqlvmError
 from pipelines.midi import KEYS, read_npz_rolls
 from pipelines.stream import collate_frames
 
-JSB = Path(__file__).resolve().parents[2] / "shared" / "data" / "midi" / "jsb_raw_batchsize16_seqlen100.npz"
+# The SRNN authors' file, cut to 12 train, 4 valid and 4 test sequences (test sequences of 63-127 steps, padded to
+# 127 with their mask), every array kept (docs/testing.md).
+JSB = Path(__file__).parent / "fixtures" / "midi" / "jsb-slice.npz"
 
 
-@pytest.mark.skipif(not JSB.exists(), reason="the shared JSB npz is not on this machine")
 def test_jsb_npz_gives_binary_rolls_with_test_lengths_from_the_mask():
     splits = read_npz_rolls(JSB)
-    assert {k: len(v) for k, v in splits.items()} == {"train": 272, "valid": 80, "test": 77}
+    assert {k: len(v) for k, v in splits.items()} == {"train": 12, "valid": 4, "test": 4}
     raw = np.load(JSB)
     lengths = [len(r) for r in splits["test"]]
     assert lengths == raw["mask_test"].sum(1).astype(int).tolist() and len(set(lengths)) > 1
@@ -50,7 +52,6 @@ def test_collate_frames_pads_with_zeros_and_keeps_lengths():
 import json
 import os
 import pickle
-import time
 
 import pretty_midi
 import pyarrow.parquet as pq
@@ -188,7 +189,6 @@ def test_pickles_of_the_wrong_shape_or_with_notes_off_the_piano_are_one_line_err
         prepare_midi(str(truncated), tmp_path / "d", MidiOptions())
 
 
-@pytest.mark.skipif(not JSB.exists(), reason="the shared JSB npz is not on this machine")
 def test_jsb_npz_through_prepare_keeps_its_splits_and_sequences(tmp_path):
     expected = read_npz_rolls(JSB)
     manifest = prepare_midi(str(JSB), tmp_path / "jsb", MidiOptions())
@@ -199,12 +199,9 @@ def test_jsb_npz_through_prepare_keeps_its_splits_and_sequences(tmp_path):
 
 
 def test_builtin_bach_chorales_are_four_part_rolls_converted_once_and_cached(tmp_path, monkeypatch):
-    pytest.importorskip("music21")
     monkeypatch.setenv("SEQLVM_CACHE", str(tmp_path / "cache"))
     options = MidiOptions(max_pieces=5)
-    started = time.time()
     manifest = prepare_midi("builtin:bach", tmp_path / "bach", options)
-    cold = time.time() - started
     rolls = [r for s in manifest["splits"] for r in split_rolls(tmp_path / "bach", manifest, s)]
     assert len(rolls) == 5 and manifest["skipped"] == []  # chorales are shorter than 100 quarter notes
     keys = np.concatenate(rolls)
@@ -219,9 +216,8 @@ def test_builtin_bach_chorales_are_four_part_rolls_converted_once_and_cached(tmp
         raise AssertionError("music21 parsed a chorale although the cache holds it")
 
     monkeypatch.setattr(music21.corpus, "parse", no_parsing)
-    started = time.time()
     again = prepare_midi("builtin:bach", tmp_path / "again", options)
-    assert time.time() - started < cold and cache_files[0].stat().st_mtime_ns == written
+    assert cache_files[0].stat().st_mtime_ns == written
     assert again["splits"] == manifest["splits"]
     assert builtin_rolls("bach", options)[0][0][0] == "bach/bwv269"
 

@@ -84,19 +84,20 @@ def test_padding_does_not_change_per_sentence_likelihood():
     assert torch.allclose(mu_alone[0], mu_padded[0], atol=1e-5)
 
 
-def test_importance_weighted_nll_is_never_looser_than_the_elbo():
+def test_importance_weights_average_to_the_elbo_and_their_bound_is_tighter():
+    """log w = log p(x, z) - log q(z | x) with z ~ q: its mean over samples is the ELBO that the forward pass computes
+    with its analytic KL (checked against the forward pass's own samples, to Monte Carlo precision), and log mean w,
+    the importance-weighted bound, is tighter than that ELBO."""
     torch.manual_seed(0)
     model = small_vae().eval()
     batch = random_batch(n=8)
-    log_w = model.log_importance_weights(batch, 64)
-    # Jensen on the same samples: log mean exp >= mean log, for every sentence.
-    assert (torch.logsumexp(log_w, 0) - math.log(64) >= log_w.mean(0) - 1e-5).all()
-    # Against the analytic-KL ELBO: the IW bound with many samples is tighter (lower NLL).
     with torch.no_grad():
-        out = model(batch)
-        elbo_nll = (out.totals["recon"] + out.totals["kl"]).item()
+        log_w = model.log_importance_weights(batch, 2000)
+        passes = [model(batch).totals for _ in range(400)]
+        elbo_nll = sum((p["recon"] + p["kl"]).item() for p in passes) / len(passes)
         iw = importance_weighted_nll(model, batch, num_samples=500, chunk=64).sum().item()
-    assert iw <= elbo_nll + 1e-3
+    assert -log_w.mean(0).sum().item() == pytest.approx(elbo_nll, rel=5e-4)
+    assert iw < elbo_nll - 0.1
 
 
 def test_importance_sample_chunks_respect_the_logits_budget():
@@ -172,6 +173,16 @@ ALLOWED_IMPORTS = ("__future__", "dataclasses", "math", "re", "typing", "collect
                    "pipelines.modalities", "pipelines.vocab", "seqlvm.models", "seqlvm.objectives")
 
 
+def allowed(module: str) -> bool:
+    """A listed module or one of its submodules: `torch.nn` is allowed, `torchvision` is not."""
+    return any(module == name or module.startswith(f"{name}.") for name in ALLOWED_IMPORTS)
+
+
+def test_allowed_imports_match_whole_module_names():
+    assert allowed("torch") and allowed("torch.nn.functional") and allowed("seqlvm.models.base")
+    assert not allowed("torchvision") and not allowed("seqlvm.models_extra") and not allowed("mathx")
+
+
 def imports_of(path: Path) -> list[tuple[str, list[str]]]:
     """(module, imported names) of each import statement in a file."""
     found = []
@@ -187,7 +198,7 @@ def imports_of(path: Path) -> list[tuple[str, list[str]]]:
 def test_models_import_only_maths_and_shared_model_modules(path):
     model_modules = {cls.__module__ for cls in MODELS.values()}
     for module, names in imports_of(path):
-        assert module.startswith(ALLOWED_IMPORTS), f"{path.name} imports {module}"
+        assert allowed(module), f"{path.name} imports {module}"
         if path.name != "__init__.py":  # the registry imports every model
             assert module not in model_modules, f"{path.name} imports the model module {module}"
         assert not [n for n in names if n.startswith("_")], f"{path.name} imports a private name of {module}"

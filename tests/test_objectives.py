@@ -1,3 +1,5 @@
+import math
+
 import pytest
 import torch
 
@@ -20,16 +22,25 @@ def test_log_normal_matches_torch_distributions():
     assert torch.allclose(log_normal(x), torch.distributions.Normal(0.0, 1.0).log_prob(x).sum(-1), atol=1e-5)
 
 
-# Bowman et al. (2016), Figure 2: the KL weight of a typical sigmoid schedule at some steps.
-FIGURE_2 = [(1, 0.000435), (501, 0.001469), (1001, 0.004951), (1501, 0.016551), (2001, 0.053856),
-            (2401, 0.131103)]
+# Bowman et al. (2016), Figure 2: the KL weight of their sigmoid schedule, every 100 steps (the table printed beside
+# the figure, ../shared/papers/001_7f681c4ae4df70dc.txt).
+FIGURE_2 = [(1, 0.000435), (101, 0.000555), (201, 0.000708), (301, 0.000903), (401, 0.001152), (501, 0.001469),
+            (601, 0.001874), (701, 0.002389), (801, 0.003047), (901, 0.003884), (1001, 0.004951), (1101, 0.006309),
+            (1201, 0.008036), (1301, 0.010231), (1401, 0.013018), (1501, 0.016551), (1601, 0.021022),
+            (1701, 0.026669), (1801, 0.03378), (1901, 0.042705), (2001, 0.053856), (2101, 0.067712),
+            (2201, 0.084814), (2301, 0.105745), (2401, 0.131103)]
 
 
 def test_sigmoid_schedule_reproduces_bowman_figure_2():
-    # The figure's curve is a logistic with rate ~0.002437 and midpoint ~3177 steps.
-    for step, expected in FIGURE_2:
-        got = kl_weight(step, "sigmoid", rate=0.0024368, midpoint=3177)
-        assert got == pytest.approx(expected, rel=0.01)
+    """The paper gives no rate or midpoint, only the curve. A logistic's log-odds are linear in the step, so two of
+    the figure's points fix both; the schedule with them must then give the other 23 points."""
+    (s0, w0), (s1, w1) = FIGURE_2[0], FIGURE_2[-1]
+    rate = (math.log(w1 / (1 - w1)) - math.log(w0 / (1 - w0))) / (s1 - s0)
+    midpoint = s0 - math.log(w0 / (1 - w0)) / rate
+    assert 0.002 < rate < 0.003 and 3000 < midpoint < 3400
+    for step, expected in FIGURE_2[1:-1]:
+        got = kl_weight(step, "sigmoid", rate=rate, midpoint=midpoint)
+        assert got == pytest.approx(expected, rel=0.01), step
 
 
 def test_sigmoid_schedule_is_monotone_and_bounded():
