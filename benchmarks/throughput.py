@@ -33,7 +33,7 @@ from pipelines.dataset import PreparedDataset  # noqa: E402
 from seqlvm import tracking  # noqa: E402
 from seqlvm.cluster.ray_runtime import ensure_ray  # noqa: E402
 from seqlvm.models import build_model  # noqa: E402
-from seqlvm.training import TrainRequest, build_trainer, open_run, prepare_run  # noqa: E402
+from seqlvm.training import TrackedRun, TrainRequest, WorkerTask, build_trainer, prepare_run  # noqa: E402
 from seqlvm.training.local import train_locally  # noqa: E402
 from seqlvm.training.spec import RunSpec, TrainConfig  # noqa: E402
 
@@ -51,10 +51,11 @@ def run_ray(data_dir: Path, vocab, overrides: list[str], workdir: Path, console:
     dataset, spec = prepare_run(request)
     uri = tracking.default_tracking_uri(workdir)
     experiment = tracking.ensure_experiment(uri, "throughput", workdir)
-    run_id, _, task = open_run(request, dataset, spec, uri, experiment, "throughput")
+    run = TrackedRun.open(uri, experiment, "throughput", spec, dataset, request.workers)
     started = time.time()
     ensure_ray(1)
     try:
+        task = WorkerTask.of(spec, dataset, run)
         result = build_trainer(request, dataset, task, "throughput", str(workdir / "ray")).fit()
         wall = time.time() - started
         threads = ray.get(ray.remote(num_cpus=1)(_torch_threads).remote())  # as in the 1-CPU Train worker
@@ -62,7 +63,7 @@ def run_ray(data_dir: Path, vocab, overrides: list[str], workdir: Path, console:
         ray.shutdown()
     if result.error:
         raise result.error
-    steps, rates = tracking.metric_history(uri, run_id, "train/tokens_per_sec")
+    steps, rates = tracking.metric_history(uri, run.run_id, "train/tokens_per_sec")
     console.print(f"ray: {len(rates)} windows logged to MLflow at steps {steps[:3]}..{steps[-1:]}; "
                   f"first window {rates[0]:.0f} tok/s (excluded)")
     return {"steady": statistics.mean(rates[1:]), "windows": len(rates) - 1, "wall": wall, "threads": threads}

@@ -116,9 +116,9 @@ class TestTakeStep:
     cfg = TrainConfig(mixed_precision="none")
     batch = {"lengths": torch.tensor([3])}
 
-    def step(self, model, optimizer=None, agree=None):
+    def step(self, model, optimizer=None, agree=None, explain=None):
         optimizer = optimizer or torch.optim.SGD(model.parameters(), lr=0.1)
-        kwargs = {"agree": agree} if agree else {}
+        kwargs = {k: v for k, v in (("agree", agree), ("explain", explain)) if v}
         return take_step(model, optimizer, self.batch, 1.0, self.cfg, torch.device("cpu"), **kwargs)
 
     def test_a_normal_step_is_taken(self):
@@ -141,6 +141,7 @@ class TestTakeStep:
         model = Squares()
         result = self.step(model, torch.optim.SparseAdam(model.parameters()))
         assert result.totals is None and "SparseAdam does not support dense gradients" in result.failure
+        assert "\n" not in result.failure and model.weight.item() == 1.0
 
     def test_an_error_a_retry_may_fix_is_raised_for_ray_train(self):
         with pytest.raises(RuntimeError, match="out of memory"):
@@ -150,6 +151,17 @@ class TestTakeStep:
         model = Squares()
         result = self.step(model, agree=lambda *checks: [False, *checks[1:]])
         assert result.failure == "a step failed on another worker" and model.weight.item() == 1.0
+
+    def test_a_step_that_failed_elsewhere_fails_here_with_the_cause_found_there(self):
+        model, asked = Squares(), []
+
+        def explain(own):
+            asked.append(own)
+            return "ValueError: hidden_size must be greater than zero"
+
+        result = self.step(model, agree=lambda *checks: [False, *checks[1:]], explain=explain)
+        assert asked == [None] and model.weight.item() == 1.0
+        assert result.failure == "ValueError: hidden_size must be greater than zero"
 
     def test_a_backward_error_on_another_worker_is_agreed_after_the_backward_pass(self):
         calls = []

@@ -1,5 +1,5 @@
-"""What a finished sweep leaves behind: one row per trial, the child runs closed with their outcome and
-figures, and on the parent run a summary table, per-trial metrics and two figures (objective by trial with
+"""What a finished sweep leaves behind: one row per trial, the child runs ended (their last metrics, outcome and
+figures), and on the parent run a summary table, per-trial metrics and two figures (objective by trial with
 the best so far; Optuna's parameter importances)."""
 from __future__ import annotations
 
@@ -12,6 +12,8 @@ from pathlib import Path
 
 from pipelines.errors import root_cause
 from seqlvm import tracking
+from seqlvm.checkpoint import local_copy
+from seqlvm.training import TrackedRun
 from tune.space import Dimension
 
 TRIAL_ID = re.compile(r"_([0-9a-f]{5}_\d{5})(?:_|$)")
@@ -52,20 +54,23 @@ def best_row(rows: list[dict]) -> dict | None:
     return min(usable, key=lambda r: r["objective"]) if usable else None
 
 
-def finish_child_runs(tracking_uri: str, experiment_id: str, sweep: str, rows: list[dict]) -> None:
-    """Attach each trial's MLflow run to its row, close it with Tune's verdict and log its learning curves."""
+def end_trial_runs(tracking_uri: str, experiment_id: str, sweep: str, rows: list[dict],
+                   storage: str | None) -> None:
+    """End each trial's MLflow run as `seqlvm train` ends its run (`TrackedRun`): the metrics its last checkpoint
+    holds undelivered, its learning curves, its outcome, and FINISHED, or FAILED with the trial's error. Attaches
+    each run's id to its row."""
     client = tracking.client(tracking_uri)
     runs = client.search_runs([experiment_id], f"tags.`seqlvm.sweep` = '{sweep}'")
     by_trial = {r.data.tags.get("seqlvm.trial_id"): r for r in runs}
     for row in rows:
-        run = by_trial.get(row["trial"])
-        row["run_id"] = run.info.run_id if run else None
-        if run is None:
+        found = by_trial.get(row["trial"])
+        row["run_id"] = found.info.run_id if found else None
+        if found is None:
             continue
-        client.set_tag(run.info.run_id, "seqlvm.outcome", row["outcome"])
-        if row["step"]:
-            tracking.log_training_figures(tracking_uri, run.info.run_id)
-        client.set_terminated(run.info.run_id, status="FAILED" if row["outcome"] == "error" else "FINISHED")
+        run = TrackedRun(tracking_uri, found.info.run_id, found.info.run_name)
+        if row["checkpoint_path"]:
+            run.deliver_pending(local_copy(row["checkpoint_path"], storage))
+        run.close(failure=row["error"] or None, tags={"seqlvm.outcome": row["outcome"]})
 
 
 def table_csv(rows: list[dict]) -> str:

@@ -6,7 +6,7 @@ import json
 from dataclasses import dataclass
 
 from pipelines.dataset import PreparedDataset
-from seqlvm.training import RunSpec, TrainRequest, build_trainer, open_run
+from seqlvm.training import RunSpec, TrackedRun, TrainRequest, WorkerTask, build_trainer
 
 
 @dataclass
@@ -35,12 +35,12 @@ def run_trial(params: dict, context: TrialContext) -> None:
     run_name = f"{context.sweep}-{trial_id}"
     tags = {"mlflow.parentRunId": context.parent_run_id, "seqlvm.sweep": context.sweep,
             "seqlvm.trial_id": trial_id, "seqlvm.sampled": json.dumps(params)}
-    _, _, task = open_run(context.request, context.dataset, spec, context.tracking_uri, context.experiment_id,
-                          run_name, tags)
-    trainer = build_trainer(context.request, context.dataset, task, trial_id, context.train_storage,
-                            callbacks=[TuneReportCallback()])
-    # The driver closes the MLflow run from Tune's verdict: a trial stopped by the scheduler ends inside fit()
-    # with an exception that is not a failure.
+    run = TrackedRun.open(context.tracking_uri, context.experiment_id, run_name, spec, context.dataset,
+                          context.request.workers, tags)
+    trainer = build_trainer(context.request, context.dataset, WorkerTask.of(spec, context.dataset, run), trial_id,
+                            context.train_storage, callbacks=[TuneReportCallback()])
+    # The sweep's driver ends every trial's run once Tune is done (tune.summary.end_trial_runs): a trial stopped
+    # by the scheduler never returns from fit().
     result = trainer.fit()
     if result.metrics.get("stop_reason"):  # repeated NaN/inf losses: the trial is an error, with its reason
         raise FloatingPointError(result.metrics["stop_reason"])

@@ -103,6 +103,10 @@ def _on_one_worker(*checks: bool) -> list[bool]:
     return list(checks)
 
 
+def _own_failure(failure: str | None) -> str | None:
+    return failure
+
+
 @dataclass
 class StepResult:
     totals: dict[str, torch.Tensor] | None  # None when the step was not taken
@@ -110,11 +114,13 @@ class StepResult:
 
 
 def take_step(model, optimizer, batch: dict, weight: float, cfg: TrainConfig, device, scaler=None,
-              agree: Callable[..., list[bool]] = _on_one_worker) -> StepResult:
+              agree: Callable[..., list[bool]] = _on_one_worker,
+              explain: Callable[[str | None], str | None] = _own_failure) -> StepResult:
     """A forward pass and, if its loss is finite, the guarded gradient step. `agree` tells whether each check
     passed on every worker: all workers skip a step or fail it together, or DDP would deadlock. An error a retry
-    cannot fix becomes the result's failure; any other error is raised, for Ray Train to restart the workers from
-    the last checkpoint."""
+    cannot fix becomes the result's failure, with its cause as `explain` finds it on whichever worker had it (every
+    worker calls it when a step fails); any other error is raised, for Ray Train to restart the workers from the
+    last checkpoint."""
     error, finite, taken = None, False, False
     try:
         out = forward(model, batch, weight, cfg, device)
@@ -129,7 +135,8 @@ def take_step(model, optimizer, batch: dict, weight: float, cfg: TrainConfig, de
             error = _unless_retryable(exc)
         no_error, = agree(error is None)
     if not no_error:
-        return StepResult(None, root_cause(error) if error is not None else "a step failed on another worker")
+        cause = explain(root_cause(error) if error is not None else None)
+        return StepResult(None, cause or "a step failed on another worker")
     return StepResult(out.totals if taken else None)
 
 

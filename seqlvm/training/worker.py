@@ -13,12 +13,14 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from pipelines.dataset import PreparedDataset
 from pipelines.stream import layout_of, ray_batches
 from seqlvm.checkpoint import read_checkpoint, save_checkpoint
 from seqlvm.evaluation import TOTAL_KEYS, CollapseGuard, LatentPosteriors, add_totals, summarize
 from seqlvm.tracking import WORKER_HTTP_SETTINGS, MetricOutbox
 from seqlvm.training.spec import RunSpec, TrainConfig
 from seqlvm.training.step import all_weights_finite, make_optimizer, schedule_weight, take_step
+from seqlvm.training.tracked_run import TrackedRun
 
 MAX_CONSECUTIVE_NONFINITE = 20  # skipped steps in a row that end a run
 
@@ -33,6 +35,11 @@ class WorkerTask:
     data_info: dict  # kept in every checkpoint
     tracking_uri: str
     mlflow_run_id: str
+
+    @classmethod
+    def of(cls, spec: RunSpec, dataset: PreparedDataset, run: TrackedRun) -> "WorkerTask":
+        return cls(spec, dataset.location, dataset.input_size, dataset.vocab.words if dataset.is_text else None,
+                   dataset.data_info(), run.tracking_uri, run.run_id)
 
 
 def say(line: str) -> None:
@@ -133,12 +140,21 @@ class Trainer:
         dist.all_reduce(flags, op=dist.ReduceOp.MIN)
         return [bool(flag) for flag in flags.tolist()]
 
+    def _first_failure(self, own: str | None) -> str | None:
+        """The cause of a failed step on the first worker that had one, so every worker (rank 0 reports it) stops
+        with the real reason; only ever called when a step failed."""
+        if self.world == 1:
+            return own
+        causes: list[str | None] = [None] * self.world
+        dist.all_gather_object(causes, own)
+        return next((cause for cause in causes if cause), None)
+
     def train_step(self, batch: dict) -> dict[str, torch.Tensor] | None:
         """One optimiser step; None when it was skipped because the loss or the gradient was NaN/inf, or when it
         raised an error a retry cannot fix (here or on another worker), which ends the run."""
         self.step += 1
         result = take_step(self.model, self.optimizer, batch, schedule_weight(self.step, self.cfg), self.cfg,
-                           self.device, self.scaler, agree=self._all_agree)
+                           self.device, self.scaler, agree=self._all_agree, explain=self._first_failure)
         if result.failure is not None:  # every worker stops here together
             self.stop_reason = (f"step {self.step}: {result.failure} (an error in the model, its data or its "
                                 "configuration: not retried)")
