@@ -1,18 +1,21 @@
 """Sweeps end to end on real Ray and a real SQLite MLflow store.
 
-The first sweep's driver runs in a subprocess joined to the test session's Ray; it is killed (SIGKILL) once
-its first trial has finished, then `seqlvm tune --resume` completes it. Every assertion about a sweep (parent
-and child runs, no finished trial re-run, figures, the registered champion, loading it through MLflow) is made
-on that resumed sweep. (The champion rule itself is tested on a real store in test_registry.py.)
+The first sweep's driver runs in a subprocess joined to the test session's Ray; it is killed (SIGKILL) once Tune
+has recorded its first trial as finished, while the second trial is held back (it cannot get a CPU for its data),
+then `seqlvm tune --resume` completes it. Every assertion about a sweep (parent and child runs, the finished trial
+not run again, figures, the best trial registered as champion, loading it through MLflow) is made on that resumed
+sweep. (The champion rule itself is tested on a real store in test_registry.py.)
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import mlflow
 import pandas as pd
@@ -39,17 +42,50 @@ tune:
     train.kl_warmup_steps: {int: [2, 8], when: {train.kl_anneal: linear}}
     train.lr: {loguniform: [0.003, 0.01]}
 """
+# Each trial's worker takes half a CPU, and the held-back trial is left less than the one CPU a Ray Data read task
+# needs: it starts, and waits for its data until the test gives the CPUs back.
+WORKER_CPUS = 0.5
+LEFT_FREE = 0.4
 
 
-def trial_statuses(sweep_dir) -> list[str]:
+def trial_states(sweep_dir: Path) -> dict[str, str]:
+    """{trial id: status} as Tune last saved them."""
     states = sorted(sweep_dir.glob("experiment_state-*.json"))
     if not states:
-        return []
+        return {}
     try:
         trials = json.loads(states[-1].read_text())["trial_data"]
     except (ValueError, KeyError):  # caught mid-write
-        return []
-    return [json.loads(entry[0] if isinstance(entry, list) else entry)["status"] for entry in trials]
+        return {}
+    found = {}
+    for entry in trials:
+        state = json.loads(entry[0] if isinstance(entry, list) else entry)
+        found[state["trial_id"]] = state["status"]
+    return found
+
+
+def wait_for(check, timeout: float, what: str, log: Path | None = None):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}" + (f"\n{log.read_text()[-3000:]}" if log else ""))
+
+
+def files_of(folder: Path) -> dict[str, str]:
+    """Every file under a folder, with the SHA-256 of its bytes."""
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def trial_files(sweep_dir: Path, trial_id: str) -> dict[str, str]:
+    """A trial's own Tune and Train state: its Tune folder (results, params) and its Ray Train run (checkpoints and
+    the checkpoint manager's snapshot)."""
+    folders = [*sweep_dir.glob(f"run_trial_{trial_id}_*"), sweep_dir / "train" / trial_id]
+    assert all(folder.is_dir() for folder in folders) and len(folders) == 2, folders
+    return {f"{folder.name}/{name}": digest for folder in folders for name, digest in files_of(folder).items()}
 
 
 def sweep_args(data, config, workdir, name, *extra) -> list[str]:
@@ -57,37 +93,73 @@ def sweep_args(data, config, workdir, name, *extra) -> list[str]:
             "--max-concurrent", "1", "--iw-samples", "3", "--registered-name", NAME, *extra]
 
 
+def committed_checkpoint(train_dir: Path) -> str | None:
+    """The latest checkpoint of a Ray Train run that Train has recorded as committed (every worker reported it)."""
+    try:
+        latest = json.loads((train_dir / "checkpoint_manager_snapshot.json").read_text()).get(
+            "latest_checkpoint_result")
+    except (FileNotFoundError, json.JSONDecodeError):  # not written yet, or mid-write
+        return None
+    return latest and latest["checkpoint_dir_name"]
+
+
 @pytest.fixture(scope="module")
 def resumed_sweep(ray_session, shakespeare, tmp_path_factory):
+    """(tracking URI, workdir, {trial: status} when killed, each trial's validation steps in MLflow then, the
+    finished trial's own files then): a 2-trial sweep killed after its first trial, then resumed."""
     root = tmp_path_factory.mktemp("sweep")
     config = root / "sweep.yaml"
     config.write_text(TINY_SWEEP)
     workdir = root / "runs"
-    address = ray_session.get_runtime_context().gcs_address
-    log = open(root / "driver.log", "w")
+    sweep = workdir / "tune" / "first"
+    uri = tracking.resolve_tracking_uri(None, workdir)
+    log_path = root / "driver.log"
+    log = open(log_path, "w")
     driver = subprocess.Popen(
         [sys.executable, "-m", "seqlvm.cli", *sweep_args(shakespeare, config, workdir, "first", "--num-samples",
-                                                         str(TRIALS), "--address", address)],
+                                                         str(TRIALS), "--cpus-per-worker", str(WORKER_CPUS),
+                                                         "--address", ray_session.get_runtime_context().gcs_address)],
         stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    deadline = time.time() + 400
-    while "TERMINATED" not in trial_statuses(workdir / "tune" / "first"):
-        assert driver.poll() is None, (root / "driver.log").read_text()[-3000:]
-        assert time.time() < deadline, "no trial finished in time"
-        time.sleep(2)
+
+    def training_started():
+        assert driver.poll() is None, log_path.read_text()[-3000:]
+        return any((sweep / "train").glob("*"))
+
+    # The first trial's Ray Train run has started (it has read its data; its worker still has to start and train):
+    # pause the sweep's driver, so that Tune starts no other trial until the CPUs it would need are held. The trial
+    # trains on; Tune takes its results once the driver goes on. (Paused earlier, the trial's data takes minutes.)
+    wait_for(training_started, 400, "the first trial's training", log_path)
+    os.kill(driver.pid, signal.SIGSTOP)
+    try:
+        # its worker holds its CPU once it has a checkpoint; then hold every CPU but LEFT_FREE
+        first = wait_for(lambda: [d for d in (sweep / "train").glob("*") if committed_checkpoint(d)], 400,
+                         "the first trial's first checkpoint", log_path)[0]
+        held = ray_session.util.placement_group([{"CPU": ray_session.available_resources()["CPU"] - LEFT_FREE}])
+        ray_session.get(held.ready(), timeout=120)
+    finally:
+        os.kill(driver.pid, signal.SIGCONT)
+    wait_for(lambda: trial_states(sweep).get(first.name) == "TERMINATED", 400, "Tune to record the first trial",
+             log_path)
     os.killpg(driver.pid, signal.SIGKILL)  # the driver dies mid-sweep, as on a lost machine
     driver.wait()
     log.close()
-    killed_state = trial_statuses(workdir / "tune" / "first")
-    uri = tracking.resolve_tracking_uri(None, workdir)
+    ray_session.util.remove_placement_group(held)
+    killed_state = trial_states(sweep)
+    finished_files = trial_files(sweep, first.name)
     first_trial_steps = _valid_steps(uri)
     assert cli.main(["tune", "--resume", "--name", "first", "--workdir", str(workdir)]) == 0
-    return uri, workdir, killed_state, first_trial_steps
+    return uri, workdir, killed_state, first_trial_steps, {first.name: finished_files}
 
 
 def _child_runs(uri, sweep="first"):
     client = tracking.client(uri)
-    experiment = client.get_experiment_by_name("seqlvm").experiment_id
-    return client.search_runs([experiment], f"tags.`seqlvm.sweep` = '{sweep}'")
+    try:
+        experiment = client.get_experiment_by_name("seqlvm")
+    except Exception:  # the store is not created yet
+        return []
+    if experiment is None:
+        return []
+    return client.search_runs([experiment.experiment_id], f"tags.`seqlvm.sweep` = '{sweep}'")
 
 
 def _valid_steps(uri) -> dict[str, list[int]]:
@@ -98,15 +170,16 @@ def _valid_steps(uri) -> dict[str, list[int]]:
 
 
 def test_resume_finishes_the_sweep_without_rerunning_finished_trials(resumed_sweep):
-    uri, workdir, killed_state, before = resumed_sweep
-    assert 1 <= killed_state.count("TERMINATED") < TRIALS  # killed mid-sweep
-    assert trial_statuses(workdir / "tune" / "first").count("TERMINATED") == TRIALS
+    uri, workdir, killed_state, before, finished_files = resumed_sweep
+    assert list(killed_state.values()).count("TERMINATED") == 1  # killed mid-sweep, the second held back
+    assert list(trial_states(workdir / "tune" / "first").values()) == ["TERMINATED"] * TRIALS
+    for trial, files in finished_files.items():
+        # Tune did not run the finished trial again: its results and its Ray Train checkpoints are as they were
+        assert trial_files(workdir / "tune" / "first", trial) == files
+        assert before[trial] == [4, 8]
     after = _valid_steps(uri)
     assert len(after) == TRIALS  # one MLflow run per trial, none duplicated by the resume
-    finished_before = [trial for trial, steps in before.items() if steps and steps[-1] == 8]
-    assert finished_before
-    for trial in finished_before:
-        assert after[trial] == before[trial]  # not trained again
+    assert all(after[trial] == before[trial] for trial in finished_files)
     client = tracking.client(uri)
     parents = client.search_runs([client.get_experiment_by_name("seqlvm").experiment_id],
                                  "tags.`seqlvm.kind` = 'sweep'")
@@ -114,7 +187,7 @@ def test_resume_finishes_the_sweep_without_rerunning_finished_trials(resumed_swe
 
 
 def test_parent_and_child_runs_carry_the_sweep(resumed_sweep):
-    uri, _, _, _ = resumed_sweep
+    uri, _, _, _, _ = resumed_sweep
     client = tracking.client(uri)
     parent = client.search_runs([client.get_experiment_by_name("seqlvm").experiment_id],
                                 "tags.`seqlvm.kind` = 'sweep'")[0]
@@ -136,15 +209,20 @@ def test_parent_and_child_runs_carry_the_sweep(resumed_sweep):
 
 
 def test_best_trial_is_registered_as_champion_and_loads_through_mlflow(resumed_sweep, shakespeare):
-    uri, _, _, _ = resumed_sweep
+    uri, _, _, _, _ = resumed_sweep
     client = tracking.client(uri)
     champion = registry.current_alias_version(client, NAME)
     assert str(champion.version) == "1"
     assert champion.tags["seqlvm.sweep"] == "first" and float(champion.tags["valid.nll_bound"]) > 0
     manifest = json.loads((shakespeare / "manifest.json").read_text())
     assert champion.tags["seqlvm.data_fingerprint"] == manifest["fingerprint"]
-    best_child = [r for r in _child_runs(uri) if r.info.run_id == champion.run_id]
-    assert best_child  # the version comes from the best trial's own run
+    # The version comes from the run of the trial with the best objective in the sweep's own table
+    parent = client.get_run(client.get_run(champion.run_id).data.tags["mlflow.parentRunId"])
+    table = pd.read_csv(client.download_artifacts(parent.info.run_id, "trials.csv"))
+    assert table["objective"].nunique() == TRIALS  # the trials differ, so the best one is a real choice
+    best = table.loc[table["objective"].idxmin(), "trial"]
+    assert champion.tags["seqlvm.trial_id"] == best
+    assert client.get_run(champion.run_id).data.tags["seqlvm.trial_id"] == best
     mlflow.set_tracking_uri(uri)
     model = mlflow.pyfunc.load_model(f"models:/{NAME}@champion")
     out = model.predict(pd.DataFrame({"sentence": ["", "the king is dead ."]}), params={"max_len": 10})
@@ -152,7 +230,7 @@ def test_best_trial_is_registered_as_champion_and_loads_through_mlflow(resumed_s
 
 
 def test_starting_an_existing_sweep_again_asks_for_resume(resumed_sweep, shakespeare, capsys):
-    _, workdir, _, _ = resumed_sweep
+    _, workdir, _, _, _ = resumed_sweep
     config = workdir.parent / "sweep.yaml"
     assert cli.main(sweep_args(shakespeare, config, workdir, "first", "--num-samples", "1")) == 2
     assert "exists; pass --resume" in capsys.readouterr().err
@@ -184,3 +262,59 @@ def test_a_sweep_whose_latent_is_unused_crowns_no_champion(ray_session, shakespe
     trial = pd.read_csv(client.download_artifacts(parent.info.run_id, "trials.csv")).iloc[0]
     assert bool(trial["collapsed"]) and trial["objective"] >= COLLAPSE_PENALTY
     assert 0.0 <= trial["valid_mutual_info"] < 100.0
+
+
+def test_every_trials_metrics_arrive_once_after_the_tracking_server_was_down(ray_session, shakespeare, tmp_path):
+    """A sweep's trials end as `seqlvm train` ends a run (TrackedRun): what their last checkpoint holds undelivered
+    reaches MLflow. A real `mlflow server` is stopped once the first trial has logged its parameters (its workers
+    send everything after that), and started again once that trial's last checkpoint is committed, holding the
+    metrics the outage kept back. At the end, every trial has every step's metrics, once."""
+    from seqlvm.checkpoint import read_checkpoint
+    from seqlvm.cluster.local_cluster import free_port, start_mlflow
+
+    port, server_root = free_port(), tmp_path / "mlflow"
+    server_root.mkdir()
+    uri = f"http://127.0.0.1:{port}"
+    servers = [start_mlflow(server_root, port)]
+    config = tmp_path / "sweep.yaml"
+    config.write_text(TINY_SWEEP)
+    sweep = tmp_path / "runs" / "tune" / "outage"
+    log_path = tmp_path / "driver.log"
+    with open(log_path, "w") as log:
+        driver = subprocess.Popen(
+            [sys.executable, "-m", "seqlvm.cli", "tune", "--data", str(shakespeare), "--config", str(config),
+             "--workdir", str(tmp_path / "runs"), "--name", "outage", "--num-samples", "2", "--max-concurrent", "1",
+             "--scheduler", "none", "--no-register", "--samples", "0", "--tracking-uri", uri,
+             "--address", ray_session.get_runtime_context().gcs_address],
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    client = tracking.client(uri)
+
+    def first_trial_params() -> bool:
+        assert driver.poll() is None, log_path.read_text()[-3000:]
+        runs = _child_runs(uri, "outage")
+        return bool(runs) and "workers" in client.get_run(runs[0].info.run_id).data.params
+
+    try:
+        wait_for(first_trial_params, 400, "the first trial's parameters", log_path)
+        os.killpg(servers[-1].pid, signal.SIGKILL)
+        servers[-1].wait()
+        last = wait_for(lambda: [d for d in sweep.glob("train/*") if committed_checkpoint(d) == "checkpoint_00000008"],
+                        400, "the first trial's last checkpoint", log_path)[0] / "checkpoint_00000008"
+        held_back = {(key, step) for key, _, _, step in read_checkpoint(last / "model.pt")["pending_metrics"]}
+        assert {("train/nll_bound", 8), ("valid/nll_bound", 8)} <= held_back  # the outage kept them back
+        servers.append(start_mlflow(server_root, port))
+        assert driver.wait(timeout=600) == 0, log_path.read_text()[-3000:]
+        runs = _child_runs(uri, "outage")
+        assert len(runs) == 2
+        for run in runs:
+            for key, steps in (("train/nll_bound", [2, 4, 6, 8]), ("valid/nll_bound", [4, 8])):
+                logged = sorted(m.step for m in client.get_metric_history(run.info.run_id, key))
+                assert logged == steps, (run.data.tags["seqlvm.trial_id"], key, logged)
+            assert run.info.status == "FINISHED" and run.data.tags["seqlvm.outcome"] == "finished"
+    finally:
+        if driver.poll() is None:
+            os.killpg(driver.pid, signal.SIGKILL)
+        for server in servers:
+            if server.poll() is None:
+                os.killpg(server.pid, signal.SIGKILL)
+                server.wait()
