@@ -54,8 +54,8 @@ class TrackedRun:
                 raise SeqlvmError(
                     f"MLflow tracking store {tracking.redact(self.tracking_uri)} unreachable for "
                     f"{wait_s:.0f} s at the end of run {self.name} ({outbox.last_error}); "
-                    f"{len(outbox.pending)} metrics are kept in {checkpoint_dir}: run the same command again once it "
-                    "is back to deliver them")
+                    f"{len(outbox.pending)} metrics are kept in {checkpoint_dir}: once it is back, run the same "
+                    "`seqlvm train` again, or `seqlvm tune --resume`, to deliver them")
             time.sleep(5)
 
     def close(self, failure: str | None = None, tags: dict | None = None) -> None:
