@@ -61,7 +61,7 @@ class TrackedRun:
     def close(self, failure: str | None = None, tags: dict | None = None) -> None:
         """The run's learning curves, its tags, and its status: FINISHED, or FAILED with `failure` as its reason."""
         client = tracking.client(self.tracking_uri)
-        if client.get_run(self.run_id).data.metrics:
+        if {"train/nll_bound", "valid/nll_bound"} & set(client.get_run(self.run_id).data.metrics):
             tracking.log_training_figures(self.tracking_uri, self.run_id)
         for key, value in {**(tags or {}), **({FAILURE_TAG: failure[:5000]} if failure else {})}.items():
             client.set_tag(self.run_id, key, value)
