@@ -68,8 +68,8 @@ PLANTS = [
            "tests/test_bad_input.py::test_bad_input_is_refused_in_one_line_and_changes_nothing"
            "[train: a negative hidden size]"]),
     Plant("a sweep's trials skip the delivery of their pending metrics",
-          [("tune/summary.py", '        if row["checkpoint_path"]:\n            run.deliver_pending(', '        if False:\n'
-            '            run.deliver_pending(')],
+          [("tune/summary.py", '        if row["checkpoint_path"]:\n            run.deliver_pending(',
+            '        if False:\n            run.deliver_pending(')],
           ["tests/test_tracked_run.py::test_a_sweep_ends_each_trial_run_as_a_training_run_ends"],
           ["tests/test_e2e_tune.py::test_every_trials_metrics_arrive_once_after_the_tracking_server_was_down"]),
     Plant("a failed run loses its reason in MLflow",

@@ -128,22 +128,26 @@ def resumed_sweep(ray_session, shakespeare, tmp_path_factory):
     # The first trial's Ray Train run has started (it has read its data; its worker still has to start and train):
     # pause the sweep's driver, so that Tune starts no other trial until the CPUs it would need are held. The trial
     # trains on; Tune takes its results once the driver goes on. (Paused earlier, the trial's data takes minutes.)
-    wait_for(training_started, 400, "the first trial's training", log_path)
-    os.kill(driver.pid, signal.SIGSTOP)
+    held = None
     try:
-        # its worker holds its CPU once it has a checkpoint; then hold every CPU but LEFT_FREE
-        first = wait_for(lambda: [d for d in (sweep / "train").glob("*") if committed_checkpoint(d)], 400,
-                         "the first trial's first checkpoint", log_path)[0]
-        held = ray_session.util.placement_group([{"CPU": ray_session.available_resources()["CPU"] - LEFT_FREE}])
-        ray_session.get(held.ready(), timeout=120)
+        wait_for(training_started, 400, "the first trial's training", log_path)
+        os.kill(driver.pid, signal.SIGSTOP)
+        try:
+            # its worker holds its CPU once it has a checkpoint; then hold every CPU but LEFT_FREE
+            first = wait_for(lambda: [d for d in (sweep / "train").glob("*") if committed_checkpoint(d)], 400,
+                             "the first trial's first checkpoint", log_path)[0]
+            held = ray_session.util.placement_group([{"CPU": ray_session.available_resources()["CPU"] - LEFT_FREE}])
+            ray_session.get(held.ready(), timeout=120)
+        finally:
+            os.kill(driver.pid, signal.SIGCONT)
+        wait_for(lambda: trial_states(sweep).get(first.name) == "TERMINATED", 400, "Tune to record the first trial",
+                 log_path)
     finally:
-        os.kill(driver.pid, signal.SIGCONT)
-    wait_for(lambda: trial_states(sweep).get(first.name) == "TERMINATED", 400, "Tune to record the first trial",
-             log_path)
-    os.killpg(driver.pid, signal.SIGKILL)  # the driver dies mid-sweep, as on a lost machine
-    driver.wait()
-    log.close()
-    ray_session.util.remove_placement_group(held)
+        os.killpg(driver.pid, signal.SIGKILL)  # the driver dies mid-sweep, as on a lost machine
+        driver.wait()
+        log.close()
+        if held is not None:
+            ray_session.util.remove_placement_group(held)
     killed_state = trial_states(sweep)
     finished_files = trial_files(sweep, first.name)
     first_trial_steps = _valid_steps(uri)
