@@ -1,10 +1,12 @@
 """Shared fixtures. Ray tests share one local Ray instance per session (start-up costs 5-9 s and ~1 GB)."""
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -40,6 +42,29 @@ def write_corpus(path: Path, sentences: list[str]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(sentences) + "\n")
     return path
+
+
+def wait_for(check, timeout: float, what: str, poll: float = 0.2, log: Path | None = None):
+    """The first true value of `check()`, polled every `poll` s: a test waits for a state, never for a guessed time.
+    Times out with an assertion naming what it waited for (and the end of `log`, a process's output)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(poll)
+    raise AssertionError(f"timed out waiting for {what}" + (f"\n{log.read_text()[-3000:]}" if log else ""))
+
+
+def committed_checkpoint(train_dir: Path) -> str | None:
+    """The latest checkpoint of a Ray Train run that Train has recorded as committed in its manager's snapshot
+    (every worker reported it; the checkpoint's folder can exist earlier)."""
+    try:
+        latest = json.loads((train_dir / "checkpoint_manager_snapshot.json").read_text()).get(
+            "latest_checkpoint_result")
+    except (FileNotFoundError, json.JSONDecodeError):  # not written yet, or mid-write
+        return None
+    return latest and latest["checkpoint_dir_name"]
 
 
 SMALL_CORPUS = [

@@ -14,13 +14,12 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
 import urllib.error
 from collections import Counter
 from pathlib import Path
 
 import pytest
-from conftest import run_without_checkout
+from conftest import committed_checkpoint, run_without_checkout, wait_for
 
 from seqlvm import tracking
 from seqlvm.cluster import local_cluster
@@ -69,16 +68,6 @@ def train_worker_pids(state, submission_id: str) -> list[int]:
     return [actor["pid"] for actor in dashboard_json(state, query)["data"]["result"]["result"]]
 
 
-def wait_for(check, timeout: float, what: str, poll: float = 0.5):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(poll)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def mlflow_run(state, run_name: str):
     client = tracking.client(state.tracking_uri)
     experiment = client.get_experiment_by_name("seqlvm")
@@ -121,13 +110,7 @@ def test_jobs_by_cli_and_by_hand_and_a_killed_train_worker(cluster, shakespeare,
 
     # Ray Train records a checkpoint as committed in its manager snapshot once every worker has reported it (a
     # checkpoint folder can exist earlier): kill after that, or the restart would begin from step 0.
-    snapshot = tmp_path / "fault" / "ray" / "fault" / "checkpoint_manager_snapshot.json"
-
-    def committed_checkpoint() -> bool:
-        try:
-            return json.loads(snapshot.read_text()).get("latest_checkpoint_result") is not None
-        except (FileNotFoundError, json.JSONDecodeError):  # not written yet, or mid-write
-            return False
+    train_dir = tmp_path / "fault" / "ray" / "fault"
 
     # The State API is slow on a loaded machine: the workers are paused the moment they are found, so the run
     # cannot end while the test looks; they then train only until their first checkpoint is committed.
@@ -137,13 +120,13 @@ def test_jobs_by_cli_and_by_hand_and_a_killed_train_worker(cluster, shakespeare,
         found = train_worker_pids(cluster, "fault")
         return found if len(found) == 2 else []
 
-    pids = wait_for(both_workers, 400, "the train workers")
+    pids = wait_for(both_workers, 400, "the train workers", poll=0.5)
     for pid in pids:
         os.kill(pid, signal.SIGSTOP)
-    if not committed_checkpoint():
+    if not committed_checkpoint(train_dir):
         for pid in pids:
             os.kill(pid, signal.SIGCONT)
-        wait_for(committed_checkpoint, 400, "a committed checkpoint", poll=0.05)
+        wait_for(lambda: committed_checkpoint(train_dir), 400, "a committed checkpoint", poll=0.05)
     os.kill(pids[-1], signal.SIGKILL)
     for pid in pids[:-1]:
         os.kill(pid, signal.SIGCONT)  # Ray Train stops it and restarts the group from the checkpoint

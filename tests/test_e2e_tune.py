@@ -14,12 +14,12 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import mlflow
 import pandas as pd
 import pytest
+from conftest import committed_checkpoint, wait_for
 
 from seqlvm import cli, tracking
 from seqlvm.evaluation import COLLAPSE_PENALTY
@@ -64,16 +64,6 @@ def trial_states(sweep_dir: Path) -> dict[str, str]:
     return found
 
 
-def wait_for(check, timeout: float, what: str, log: Path | None = None):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}" + (f"\n{log.read_text()[-3000:]}" if log else ""))
-
-
 def files_of(folder: Path) -> dict[str, str]:
     """Every file under a folder, with the SHA-256 of its bytes."""
     return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
@@ -91,16 +81,6 @@ def trial_files(sweep_dir: Path, trial_id: str) -> dict[str, str]:
 def sweep_args(data, config, workdir, name, *extra) -> list[str]:
     return ["tune", "--data", str(data), "--config", str(config), "--workdir", str(workdir), "--name", name,
             "--max-concurrent", "1", "--iw-samples", "3", "--registered-name", NAME, *extra]
-
-
-def committed_checkpoint(train_dir: Path) -> str | None:
-    """The latest checkpoint of a Ray Train run that Train has recorded as committed (every worker reported it)."""
-    try:
-        latest = json.loads((train_dir / "checkpoint_manager_snapshot.json").read_text()).get(
-            "latest_checkpoint_result")
-    except (FileNotFoundError, json.JSONDecodeError):  # not written yet, or mid-write
-        return None
-    return latest and latest["checkpoint_dir_name"]
 
 
 @pytest.fixture(scope="module")
@@ -130,18 +110,18 @@ def resumed_sweep(ray_session, shakespeare, tmp_path_factory):
     # trains on; Tune takes its results once the driver goes on. (Paused earlier, the trial's data takes minutes.)
     held = None
     try:
-        wait_for(training_started, 400, "the first trial's training", log_path)
+        wait_for(training_started, 400, "the first trial's training", log=log_path)
         os.kill(driver.pid, signal.SIGSTOP)
         try:
             # its worker holds its CPU once it has a checkpoint; then hold every CPU but LEFT_FREE
             first = wait_for(lambda: [d for d in (sweep / "train").glob("*") if committed_checkpoint(d)], 400,
-                             "the first trial's first checkpoint", log_path)[0]
+                             "the first trial's first checkpoint", log=log_path)[0]
             held = ray_session.util.placement_group([{"CPU": ray_session.available_resources()["CPU"] - LEFT_FREE}])
             ray_session.get(held.ready(), timeout=120)
         finally:
             os.kill(driver.pid, signal.SIGCONT)
         wait_for(lambda: trial_states(sweep).get(first.name) == "TERMINATED", 400, "Tune to record the first trial",
-                 log_path)
+                 log=log_path)
     finally:
         os.killpg(driver.pid, signal.SIGKILL)  # the driver dies mid-sweep, as on a lost machine
         driver.wait()
@@ -299,11 +279,11 @@ def test_every_trials_metrics_arrive_once_after_the_tracking_server_was_down(ray
         return bool(runs) and "workers" in client.get_run(runs[0].info.run_id).data.params
 
     try:
-        wait_for(first_trial_params, 400, "the first trial's parameters", log_path)
+        wait_for(first_trial_params, 400, "the first trial's parameters", log=log_path)
         os.killpg(servers[-1].pid, signal.SIGKILL)
         servers[-1].wait()
         last = wait_for(lambda: [d for d in sweep.glob("train/*") if committed_checkpoint(d) == "checkpoint_00000008"],
-                        400, "the first trial's last checkpoint", log_path)[0] / "checkpoint_00000008"
+                        400, "the first trial's last checkpoint", log=log_path)[0] / "checkpoint_00000008"
         held_back = {(key, step) for key, _, _, step in read_checkpoint(last / "model.pt")["pending_metrics"]}
         assert {("train/nll_bound", 8), ("valid/nll_bound", 8)} <= held_back  # the outage kept them back
         servers.append(start_mlflow(server_root, port))
