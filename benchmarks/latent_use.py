@@ -6,6 +6,7 @@ unigram F1 against their own input and against other inputs, BLEU-4), plus the d
 README's homotopy.
 
     .venv/bin/python benchmarks/latent_use.py              # ~9 min on 2 CPU cores
+    .venv/bin/python benchmarks/latent_use.py --short      # the default sweep space's corners at 400 steps
     .venv/bin/python benchmarks/latent_use.py --quick      # smoke run (seconds)
 """
 from __future__ import annotations
@@ -40,6 +41,15 @@ VARIANTS = {
                                           "train.kl_anneal=cyclical", "train.kl_cycle_steps=500",
                                           "model.word_keep_rate=0.2"],
 }
+# `--short`: 400-step runs at the corners of the sentence VAE's default sweep space (its `sweep_recipe`) and of the
+# main job's narrower range, which calibrated both the space and the collapse guard's decode minimums.
+SHORT = ["model.bow_weight=1.0", "model.z_every_step=true", "train.kl_anneal=cyclical", "train.kl_cycle_steps=200"]
+SHORT_VARIANTS = {
+    f"free bits {bits}, keep {keep}, lr {lr}": [*SHORT, f"model.free_bits={bits}", f"model.word_keep_rate={keep}",
+                                                f"train.lr={lr}"]
+    for bits, keep, lr in ((0.75, 0.2, 0.002), (1.5, 0.2, 0.002), (1.0, 0.2, 0.003), (1.0, 0.3, 0.003),
+                           (1.0, 0.3, 0.0035), (1.0, 0.1, 0.004), (1.5, 0.3, 0.004), (1.0, 0.1, 0.0045),
+                           (1.0, 0.3, 0.0045), (1.5, 0.1, 0.0045))}
 HOMOTOPY = ("good morrow , my lord .", "i will not go with thee .")
 COLUMNS = (("nll_bound", "NLL bound", "{:.2f}"), ("kl", "KL", "{:.2f}"), ("mutual_info", "MI", "{:.2f}"),
            ("active_units", "active", "{:.0f}"), ("decode_distinct", "distinct", "{:.2f}"),
@@ -54,15 +64,20 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--data", default=str(DEFAULT_DATA))
     parser.add_argument("--quick", action="store_true", help="20 steps, 100 sentences: checks the script runs")
+    parser.add_argument("--short", action="store_true",
+                        help="400 steps at the corners of the default sweep space instead of the ablation (~12 min)")
     args = parser.parse_args()
     if args.quick:
         args.steps, args.sentences = 20, 100
+    elif args.short:
+        args.steps = 400
+    variants = SHORT_VARIANTS if args.short else VARIANTS
     console = Console(width=160)
     data, _ = prepare_shakespeare(args.data)
     dataset = PreparedDataset.open(data)
     train, test = dataset.read("train"), dataset.read("test", args.sentences)
     rows = {}
-    for name, overrides in VARIANTS.items():
+    for name, overrides in variants.items():
         spec = RunSpec.build(None, [*BASE, f"train.seed={args.seed}", *overrides], model_name="sentence-vae")
         torch.manual_seed(args.seed)
         model = spec.build_model(dataset.input_size)

@@ -42,23 +42,28 @@ COLLAPSE_PENALTY = 1000.0
 @dataclass(frozen=True)
 class CollapseGuard:
     """When a model counts as ignoring its latent (posterior collapse): its validation KL, mutual information
-    I(x; z) or active units below a minimum. A minimum of 0 checks nothing; a figure the model does not report
-    (a model without a global latent has no mutual information) is not checked."""
+    I(x; z) or active units below a minimum, or, for a sentence latent, greedy decodes of its posterior means
+    that are too rarely distinct (`decode_distinct`) or no closer to their own input than to another's
+    (`decode_f1_gain`, unigram F1 against the input minus F1 against another input). A minimum of 0 checks
+    nothing; a figure the model does not report (a model without a global latent has no mutual information) is
+    not checked."""
     min_kl: float = 0.0
     min_mutual_info: float = 0.0
     min_active_units: int = 0
+    min_decode_distinct: float = 0.0
+    min_decode_f1_gain: float = 0.0
 
     @classmethod
     def of(cls, train_config) -> "CollapseGuard":
-        return cls(train_config.min_kl, train_config.min_mutual_info, train_config.min_active_units)
+        return cls(**{name: getattr(train_config, name) for name in GUARD_FIELDS})
 
     def collapse(self, metrics: dict[str, float]) -> str | None:
-        """Why a split's metrics (`kl`, `mutual_info`, `active_units`) say the latent is unused, or None."""
-        for name, minimum, unit in (("kl", self.min_kl, " nats"), ("mutual_info", self.min_mutual_info, " nats"),
-                                    ("active_units", self.min_active_units, "")):
-            measured = metrics.get(name)
-            if minimum and measured is not None and measured < minimum:
-                return f"{name} {measured:.3g}{unit} < {minimum:g}"
+        """Why a split's metrics say the latent is unused, in a few words, or None."""
+        measured = with_f1_gain(metrics)
+        for name, minimum, says in GUARD_CHECKS:
+            value = measured.get(name)
+            if getattr(self, minimum) and value is not None and value < getattr(self, minimum):
+                return says.format(value=value, minimum=getattr(self, minimum))
         return None
 
     def objective(self, nll_bound: float, metrics: dict[str, float]) -> float:
@@ -73,6 +78,28 @@ class CollapseGuard:
         checks = [f"{name.removeprefix('min_').replace('_', ' ')} >= {value:g}"
                   for name, value in self.to_dict().items() if value]
         return ", ".join(checks) if checks else "off"
+
+
+GUARD_FIELDS = tuple(f.name for f in dataclasses.fields(CollapseGuard))
+# (metric, the guard's minimum for it, why a model under it counts as ignoring z)
+GUARD_CHECKS = (
+    ("kl", "min_kl", "KL {value:.3g} nats < {minimum:g}"),
+    ("mutual_info", "min_mutual_info", "mutual information {value:.3g} nats < {minimum:g}"),
+    ("active_units", "min_active_units", "{value:.0f} active units < {minimum:g}"),
+    ("decode_distinct", "min_decode_distinct",
+     "its posterior decodes are nearly all alike: {value:.1%} distinct < {minimum:.0%}"),
+    ("decode_f1_gain", "min_decode_f1_gain",
+     "its posterior decodes are no closer to their own input than to another's: unigram F1 gain "
+     "{value:.3f} < {minimum:g}"),
+)
+
+
+def with_f1_gain(metrics: dict[str, float]) -> dict[str, float]:
+    """The metrics with `decode_f1_gain` (F1 against the input minus F1 against another input) when they have
+    both F1s: versions registered before it was measured carry only those."""
+    if "decode_f1_gain" in metrics or not {"decode_f1", "decode_f1_shuffled"} <= set(metrics):
+        return metrics
+    return {**metrics, "decode_f1_gain": metrics["decode_f1"] - metrics["decode_f1_shuffled"]}
 
 
 LOGITS_BUDGET_BYTES = 256 * 2**20
@@ -115,8 +142,7 @@ def evaluate(model: SequenceModel, batches: Iterable[dict], iw_samples: int = 0,
     data's: sentences and tokens of text, sequences and steps of frames."""
     model.eval()
     totals: dict[str, float] = {}
-    decoding = decode_limit and isinstance(model, TextModel) and model.has_global_latent
-    sample = DecodeSample(decode_limit) if decoding else None
+    sample = decode_sample(model, decode_limit)
     iw_total, posteriors = 0.0, LatentPosteriors(model)
     for batch in batches:  # streamed: a progress bar wrapping `batches` follows the evaluation
         batch = {k: v.to(device) for k, v in batch.items()}
@@ -139,6 +165,14 @@ def evaluate(model: SequenceModel, batches: Iterable[dict], iw_samples: int = 0,
     if sample is not None:
         metrics.update(sample.decode(model).metrics())
     return metrics
+
+
+def decode_sample(model: SequenceModel, limit: int) -> DecodeSample | None:
+    """A sample of up to `limit` sentences to decode from their posterior means, for a model with a sentence latent
+    (None for other models, or with limit 0)."""
+    if limit and isinstance(model, TextModel) and model.has_global_latent:
+        return DecodeSample(limit)
+    return None
 
 
 class LatentPosteriors:

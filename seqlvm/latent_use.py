@@ -96,19 +96,23 @@ class PosteriorDecodes:
 
     def metrics(self, seed: int = 0) -> dict[str, float]:
         """decode_f1 and decode_bleu against the input; decode_f1_shuffled, the same decodes against other
-        inputs (what F1 a decoder that ignores z gets); decode_distinct, the share of distinct decodes."""
+        inputs (what F1 a decoder that ignores z gets), and decode_f1_gain, the difference; decode_distinct, the
+        share of distinct decodes. All 0 without sentences."""
         n = len(self.decodes)
+        if n == 0:
+            return dict.fromkeys(("decode_f1", "decode_f1_shuffled", "decode_f1_gain", "decode_bleu",
+                                  "decode_distinct", "decoded_sentences"), 0.0)
         # Each decode paired with another sentence's input: one random cycle through all of them, so none keeps
         # its own.
         order = np.random.default_rng(seed).permutation(n)
         shuffled = np.empty(n, dtype=int)
         shuffled[order] = np.roll(order, -1)
+        f1 = float(np.mean([unigram_f1(d, r) for d, r in zip(self.decodes, self.references)]))
+        f1_shuffled = float(np.mean([unigram_f1(self.decodes[i], self.references[j]) for i, j in enumerate(shuffled)]))
         return {
-            "decode_f1": float(np.mean([unigram_f1(d, r) for d, r in zip(self.decodes, self.references)])),
-            "decode_f1_shuffled": float(np.mean([unigram_f1(self.decodes[i], self.references[j])
-                                                 for i, j in enumerate(shuffled)])),
+            "decode_f1": f1, "decode_f1_shuffled": f1_shuffled, "decode_f1_gain": f1 - f1_shuffled,
             "decode_bleu": corpus_bleu(self.decodes, self.references),
-            "decode_distinct": len({tuple(d) for d in self.decodes}) / max(n, 1),
+            "decode_distinct": len({tuple(d) for d in self.decodes}) / n,
             "decoded_sentences": float(n),
         }
 

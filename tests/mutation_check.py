@@ -40,6 +40,9 @@ REPLAY_FINISHED_TRIALS = '''    if resume and ray_tune.Tuner.can_restore(f"{stor
             Path(saved).write_text(json.dumps(state))
 '''
 
+UNUSED_Z_SWEEP = ("tests/test_e2e_tune.py::test_a_sweep_whose_decodes_ignore_z_crowns_no_champion_and_its_console_"
+                  "is_seqlvms")
+
 PLANTS = [
     Plant("the champion is the worst trial",
           [("tune/summary.py", 'return min(usable, key=lambda r: r["objective"])',
@@ -91,6 +94,26 @@ PLANTS = [
           [("seqlvm/training/spec.py", '            if "=" not in item:\n',
             '            if "=" not in item and False:\n')],
           ["tests/test_config_properties.py::test_an_override_without_a_value_is_refused"]),
+    Plant("the default guard ignores the decodes (the rule that crowned a latent it did not use)",
+          [("tune/sweep.py", "                             min_decode_distinct=DEFAULT_MIN_DECODE_DISTINCT,\n"
+                             "                             min_decode_f1_gain=DEFAULT_MIN_DECODE_F1_GAIN)", ")")],
+          ["tests/test_tune_space.py::TestCollapseGuardOfASweep::test_latent_models_are_guarded_by_default"],
+          [UNUSED_Z_SWEEP]),
+    Plant("a check of the guard never fires",
+          [("seqlvm/evaluation.py", "value is not None and value < getattr(self, minimum)",
+            "value is not None and value < 0")],
+          ["tests/test_tune_space.py::TestJudgedByDecodes"]),
+    Plant("the default space searches what the user set",
+          [("tune/sweep.py", "        dims = leaving_alone(dims, {key: spec.value(key) for key in chosen})\n", "")],
+          ["tests/test_tune_space.py::test_the_default_space_starts_from_the_models_recipe_and_leaves_alone_what_"
+           "the_user_set"]),
+    Plant("Ray's output reaches the console (nothing diverted)",
+          [("seqlvm/run_log.py", "        os.dup2(log, fd)\n", "        pass\n")],
+          ["tests/test_console.py::test_a_diverted_process_writes_only_seqlvms_lines_to_the_terminal"],
+          [UNUSED_Z_SWEEP]),
+    Plant("the trials table keeps a row per trial however wide",
+          [("seqlvm/cli/output.py", ") + 1 <= width:", ") + 1 <= 10 * width:")],
+          ["tests/test_console.py::test_the_trials_table_shows_what_varied_and_fits_100_columns"]),
     Plant("a test that skips in CI passes",
           [("tests/skip_policy.py", "    return (in_ci() and report.skipped", "    return (False and report.skipped")],
           ["tests/test_skip_policy.py::test_in_ci_a_skip_fails_with_its_reason"]),

@@ -148,6 +148,9 @@ def test_jobs_by_cli_and_by_hand_and_a_killed_train_worker(cluster, shakespeare,
 
     output, _ = by_hand.communicate(timeout=600)
     assert by_hand.returncode == 0, output[-3000:]
+    # the job's console: the workers' progress echoed by its driver, Ray Train's reports in the run's log file
+    assert "logs/by-hand.log (--verbose shows it here)" in output and "step     20 | valid nll bound" in output
+    assert "TrainingReport(" not in output and "(RayTrainWorker" not in output
     client, run = mlflow_run(cluster, "by-hand")  # logged to the cluster's MLflow server, from the nodes' env
     assert run.info.status == "FINISHED" and run.data.params["workers"] == "1"
     assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "train/nll_bound")) == [10, 20]

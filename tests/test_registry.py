@@ -3,6 +3,7 @@ version with the plain MLflow client, and registry URIs in the CLI. No Ray: chec
 model built in-process."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import mlflow
@@ -100,6 +101,20 @@ def test_registered_version_loads_with_plain_mlflow_and_samples(store, shakespea
     assert list(again["output"]) == list(first["output"])  # seeded
     version = registry.current_alias_version(mlflow.MlflowClient(), NAME)
     assert version.run_id and version.tags["seqlvm.data_fingerprint"] == "fp"
+
+
+def test_a_registered_version_is_linked_to_its_runs_logged_model(store):
+    """What the MLflow UI follows: the run lists the logged model as its output (the runs table's Models column),
+    the logged model names its run and the versions registered from it, and the version's source is the model."""
+    _, client, _ = store
+    version = client.get_model_version(NAME, "1")
+    outputs = client.get_run(version.run_id).outputs.model_outputs
+    assert len(outputs) == 1
+    model = client.get_logged_model(outputs[0].model_id)
+    assert model.source_run_id == version.run_id and model.status == "READY"
+    assert version.source == f"models:/{model.model_id}"
+    assert json.loads(model.tags["mlflow.modelVersions"]) == [{"name": NAME, "version": 1}]
+    assert version.model_id in (None, model.model_id)  # MLflow's SQL registry does not store it; the source does
 
 
 def test_weights_only_checkpoint_drops_the_optimizer(store, tmp_path):

@@ -1,9 +1,11 @@
 """One way a run ends (seqlvm/training/tracked_run.py), on a real SQLite MLflow store and real checkpoints, without
-Ray: a run opened again by name is the same run; the metrics a last checkpoint holds undelivered are sent once; the
-end sets the curves, the tags and the status; a sweep ends each trial's run the same way (tune/summary.py), and its
-champion is the trial with the best objective."""
+Ray: a run opened again by name is the same run, in an experiment the MLflow UI opens as model training, with its
+corpus as its dataset input once; the metrics a last checkpoint holds undelivered are sent once; the end sets the
+curves, the tags and the status; a sweep ends each trial's run the same way (tune/summary.py), its champion is the
+trial with the best objective, and its objective figure is scaled to the trials the collapse guard accepted."""
 from __future__ import annotations
 
+import json
 import time
 from collections import Counter
 from pathlib import Path
@@ -49,6 +51,33 @@ def test_a_run_opened_again_by_name_is_the_same_run_resumed_with_its_parameters(
     run = tracking.client(uri).get_run(first.run_id)
     assert run.data.params["model.latent_dim"] == "2" and run.data.params["workers"] == "2"
     assert run.data.params["data.vocab_size"] == str(DATA.input_size) and run.data.tags["seqlvm.sweep"] == "s"
+
+
+def test_the_experiment_opens_as_model_training_and_keeps_a_kind_a_user_chose(store, tmp_path):
+    uri, experiment = store
+    client = tracking.client(uri)
+    assert client.get_experiment(experiment).tags["mlflow.experimentKind"] == "custom_model_development"
+    untagged = client.create_experiment("made-elsewhere")  # before seqlvm used it
+    assert tracking.ensure_experiment(uri, "made-elsewhere", tmp_path) == untagged
+    assert client.get_experiment(untagged).tags["mlflow.experimentKind"] == "custom_model_development"
+    client.set_experiment_tag(experiment, "mlflow.experimentKind", "genai_development")
+    tracking.ensure_experiment(uri, "runs", tmp_path)
+    assert client.get_experiment(experiment).tags["mlflow.experimentKind"] == "genai_development"
+
+
+def test_a_run_logs_its_corpus_as_its_training_dataset_once(store):
+    uri, experiment = store
+    first = TrackedRun.open(uri, experiment, "run-f", SPEC, DATA, workers=1)
+    TrackedRun.open(uri, experiment, "run-f", SPEC, DATA, workers=1)  # resumed: the same input, not a second
+    inputs = tracking.client(uri).get_run(first.run_id).inputs.dataset_inputs
+    assert len(inputs) == 1
+    dataset = inputs[0].dataset
+    assert (dataset.name, dataset.source_type) == ("tiny.txt", "local")
+    assert dataset.digest == DATA.fingerprint[:36]  # MLflow keeps 36 characters of a digest
+    assert json.loads(dataset.source) == {"uri": DATA.location}
+    assert json.loads(dataset.profile)["train"] == {"sequences": 42, "steps": 288}
+    assert json.loads(dataset.profile).keys() == {"train", "valid", "test"}
+    assert {(t.key, t.value) for t in inputs[0].tags} == {("mlflow.data.context", "training")}
 
 
 def test_the_metrics_a_last_checkpoint_holds_are_delivered_once(store, tmp_path):
@@ -117,3 +146,27 @@ def test_the_champion_is_the_scored_trial_with_the_best_objective():
             trial_row("d", 80.0, None), trial_row("e", 1095.0, "ck-e")]  # d: best, but no checkpoint to register
     assert summary.best_row(rows)["trial"] == "b"
     assert summary.best_row([trial_row("c", None, None, "error")]) is None
+
+
+def test_the_objective_figure_is_scaled_to_the_trials_the_collapse_guard_accepted():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [{**trial_row("a", 120.0, "ck-a"), "collapsed": False, "valid_nll_bound": 120.0},
+            {**trial_row("b", 1090.0, "ck-b"), "collapsed": True, "valid_nll_bound": 90.0},  # + the penalty
+            {**trial_row("c", 100.0, "ck-c"), "collapsed": False, "valid_nll_bound": 100.0}]
+    low, high = summary.objective_axis(rows)
+    assert low < 100.0 and 120.0 < high < 130.0
+    fig, ax = plt.subplots()
+    try:
+        summary.draw_objective(ax, rows)
+        assert ax.get_ylim() == (low, high)
+        best = next(line for line in ax.get_lines() if line.get_label() == "best so far")
+        assert list(best.get_ydata()) == [120.0, 100.0]  # accepted trials only
+        rejected = next(c for c in ax.collections if c.get_label() == "rejected by the collapse guard (top edge)")
+        assert rejected.get_offsets().tolist() == [[2.0, high]]
+    finally:
+        plt.close(fig)
+    only_rejected = summary.objective_axis([rows[1]])
+    assert only_rejected[0] < 90.0 < only_rejected[1] < 100.0

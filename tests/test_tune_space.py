@@ -12,9 +12,10 @@ from seqlvm.models import MODELS
 from seqlvm.training.spec import RunSpec
 from tune.request import SweepRequest
 from tune.search import make_sampler
-from tune.space import SpaceSampler, default_space, parse_space
+from tune.space import SpaceSampler, default_space, leaving_alone, parse_space
 from tune.summary import best_row
-from tune.sweep import DEFAULT_MIN_KL, DEFAULT_MIN_MUTUAL_INFO, SEARCHES, default_guard, sweep_space
+from tune.sweep import (DEFAULT_MIN_DECODE_DISTINCT, DEFAULT_MIN_DECODE_F1_GAIN, DEFAULT_MIN_KL,
+                        DEFAULT_MIN_MUTUAL_INFO, SEARCHES, default_guard, sweep_space)
 
 SPACE = {
     "train.kl_anneal": {"choice": ["sigmoid", "linear"]},
@@ -100,6 +101,52 @@ def test_default_space_fits_each_model_and_scales_with_training_length():
     assert not any("kl_" in name for name in rnn), "a model without a latent has nothing to anneal"
 
 
+class TestJudgedByDecodes:
+    """The guard on a sentence latent: decodes that are alike, or no closer to their input than to another's, mean
+    z is unused, whatever its mutual information (the champion of issue 21's report, and the latent_use ablation)."""
+    guard = CollapseGuard(min_mutual_info=0.5, min_active_units=1, min_decode_distinct=0.3, min_decode_f1_gain=0.05)
+
+    def test_a_latent_whose_decodes_are_alike_is_unused_though_its_mutual_information_is_high(self):
+        reported = {"mutual_info": 1.15, "active_units": 16, "decode_distinct": 0.008, "decode_f1": 0.049,
+                    "decode_f1_shuffled": 0.049, "decode_f1_gain": 0.0}
+        assert "0.8% distinct < 30%" in self.guard.collapse(reported)
+        assert CollapseGuard(min_mutual_info=0.5, min_active_units=1).collapse(reported) is None  # the old rule
+
+    def test_distinct_decodes_that_do_not_follow_their_input_are_unused(self):
+        reported = {"mutual_info": 4.09, "active_units": 16, "decode_distinct": 0.34, "decode_f1_gain": -0.004}
+        assert "no closer to their own input" in self.guard.collapse(reported)
+
+    def test_a_used_latent_passes_and_versions_without_a_measured_gain_are_judged_from_their_f1s(self):
+        used = {"mutual_info": 6.36, "active_units": 16, "decode_distinct": 0.90, "decode_f1": 0.352,
+                "decode_f1_shuffled": 0.132}
+        assert self.guard.collapse(used) is None
+        assert "F1 gain 0.000" in self.guard.collapse({**used, "decode_f1_shuffled": 0.352})
+        assert self.guard.objective(90.0, {**used, "decode_distinct": 0.01}) == 90.0 + COLLAPSE_PENALTY
+
+
+def test_the_default_space_starts_from_the_models_recipe_and_leaves_alone_what_the_user_set(tmp_path):
+    request = SweepRequest(data_dir="unused")
+    dims = {d.name: d for d in sweep_space(request, spec_of("sentence-vae", 400))[0]}
+    assert dims["model.z_every_step"].choices == [True] and dims["model.bow_weight"].choices == [1.0]
+    assert dims["train.kl_anneal"].choices == ["cyclical"] and dims["train.kl_cycle_steps"].choices == [200]
+    assert dims["model.free_bits"].kind == "uniform" and dims["model.free_bits"].low > 0
+    config = tmp_path / "mine.yaml"
+    config.write_text("model: {z_every_step: false}\n")
+    spec = RunSpec.build(str(config), ["train.max_steps=400", "model.free_bits=0.2"])
+    mine = {d.name for d in sweep_space(SweepRequest(data_dir="unused", config_file=str(config),
+                                                     overrides=["model.free_bits=0.2"]), spec)[0]}
+    assert "model.z_every_step" not in mine and "model.free_bits" not in mine and "train.lr" in mine
+    assert {d.name for d in sweep_space(request, spec_of("vrnn", 400))[0]} >= {"model.conditional_prior"}
+
+
+def test_a_dimension_conditional_on_a_value_the_user_set_follows_that_value():
+    dims = parse_space(SPACE, "test.yaml")
+    sigmoid = {d.name: d for d in leaving_alone(dims, {"train.kl_anneal": "sigmoid"})}
+    assert "train.kl_anneal" not in sigmoid and "train.kl_warmup_steps" not in sigmoid
+    assert sigmoid["train.kl_anneal_rate"].when == {}  # always active now
+    assert {d.name for d in leaving_alone(dims, {"model.latent_dim": 8})} == set(SPACE) - {"model.latent_dim"}
+
+
 def test_a_collapsed_model_cannot_win():
     guard = CollapseGuard(min_kl=1.0)
     collapsed = guard.objective(70.0, {"kl": 0.01})
@@ -135,15 +182,22 @@ class TestCollapseGuardOfASweep:
         return sweep_space(SweepRequest(data_dir="unused", config_file=config, **request), spec_of(model, 500))[1]
 
     def test_latent_models_are_guarded_by_default(self):
-        assert self.guard() == CollapseGuard(min_mutual_info=DEFAULT_MIN_MUTUAL_INFO, min_active_units=1)
+        assert self.guard() == CollapseGuard(min_mutual_info=DEFAULT_MIN_MUTUAL_INFO, min_active_units=1,
+                                             min_decode_distinct=DEFAULT_MIN_DECODE_DISTINCT,
+                                             min_decode_f1_gain=DEFAULT_MIN_DECODE_F1_GAIN)
+        assert self.guard("hybrid-vae") == self.guard()  # every sentence latent is judged by its decodes
+        assert self.guard("nvdm") == CollapseGuard(min_mutual_info=DEFAULT_MIN_MUTUAL_INFO, min_active_units=1)
         assert self.guard("vrnn") == CollapseGuard(min_kl=DEFAULT_MIN_KL)  # latents per step: their KL
         assert self.guard("rnnlm") == CollapseGuard()  # nothing to collapse
 
     def test_the_command_line_beats_the_config_which_beats_the_default(self, tmp_path):
         config = tmp_path / "sweep.yaml"
         config.write_text("tune:\n  min_mutual_info: 2.0\n  min_kl: 0.3\n")
-        assert self.guard(config=str(config)) == CollapseGuard(0.3, 2.0, 1)
-        assert self.guard(config=str(config), min_mutual_info=1.0) == CollapseGuard(0.3, 1.0, 1)
+        decodes = (DEFAULT_MIN_DECODE_DISTINCT, DEFAULT_MIN_DECODE_F1_GAIN)
+        assert self.guard(config=str(config)) == CollapseGuard(0.3, 2.0, 1, *decodes)
+        assert self.guard(config=str(config), min_mutual_info=1.0) == CollapseGuard(0.3, 1.0, 1, *decodes)
+        assert self.guard(min_decode_distinct=0.6, min_decode_f1_gain=0.0) == CollapseGuard(
+            0.0, DEFAULT_MIN_MUTUAL_INFO, 1, 0.6, 0.0)
         assert self.guard(config=str(config), allow_collapsed=True) == CollapseGuard()
 
     @pytest.mark.parametrize("text", ["tune:\n  min_kl: -1\n", "tune:\n  min_active_units: lots\n",

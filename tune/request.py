@@ -21,6 +21,8 @@ class SweepRequest(TrainRequest):
     min_kl: float | None = None
     min_mutual_info: float | None = None
     min_active_units: int | None = None
+    min_decode_distinct: float | None = None
+    min_decode_f1_gain: float | None = None
     allow_collapsed: bool = False  # no guard: any trial may win
     seed: int = 0
     iw_samples: int = 20

@@ -165,3 +165,17 @@ def default_space(model_fields: set[str], max_steps: int, has_latent: bool = Tru
     section = {d.name: d.name.split(".", 1) for d in dims}
     return [d for d in dims if (section[d.name][0] == "train" and (has_latent or "kl_" not in d.name))
             or section[d.name][1] in model_fields]
+
+
+def leaving_alone(dims: list[Dimension], fixed: dict[str, Any]) -> list[Dimension]:
+    """The dimensions without those of the keys in `fixed` (values the user set): a dimension conditional on one of
+    them is kept, unconditionally, where the set value meets its condition, and dropped where it does not."""
+    kept = []
+    for dim in dims:
+        if dim.name in fixed:
+            continue
+        if any(name in fixed and fixed[name] not in values for name, values in dim.when.items()):
+            continue
+        kept.append(Dimension(dim.name, dim.kind, dim.low, dim.high, dim.choices, dim.log,
+                              {name: values for name, values in dim.when.items() if name not in fixed}))
+    return kept

@@ -13,6 +13,7 @@ from pathlib import Path
 from pipelines.errors import root_cause
 from seqlvm import tracking
 from seqlvm.checkpoint import local_copy
+from seqlvm.evaluation import COLLAPSE_PENALTY
 from seqlvm.training import TrackedRun
 from tune.space import Dimension
 
@@ -41,7 +42,9 @@ def trial_rows(results, dims: list[Dimension], max_steps: int) -> list[dict]:
             "trial": _trial_id(result), "outcome": outcome, "step": step,
             "objective": objective if objective is not None and math.isfinite(objective) else None,
             "valid_nll_bound": metrics.get("valid/nll_bound"), "valid_kl": metrics.get("valid/kl"),
-            "valid_mutual_info": metrics.get("valid/mutual_info"), "collapsed": bool(metrics.get("collapsed")),
+            "valid_mutual_info": metrics.get("valid/mutual_info"),
+            "valid_decode_distinct": metrics.get("valid/decode_distinct"),
+            "valid_decode_f1_gain": metrics.get("valid/decode_f1_gain"), "collapsed": bool(metrics.get("collapsed")),
             "checkpoint_path": metrics.get("checkpoint_path"),
             "params": {d.name: result.config[d.name] for d in dims if d.name in (result.config or {})},
             "error": root_cause(result.error) if result.error is not None else "",
@@ -77,11 +80,11 @@ def table_csv(rows: list[dict]) -> str:
     names = sorted({k for r in rows for k in r["params"]})
     buffer = io.StringIO()
     writer = csv.writer(buffer)
-    writer.writerow(["trial", "outcome", "step", "objective", "valid_nll_bound", "valid_kl", "valid_mutual_info",
-                     "collapsed", *names, "error"])
+    measures = ["objective", "valid_nll_bound", "valid_kl", "valid_mutual_info", "valid_decode_distinct",
+                "valid_decode_f1_gain", "collapsed"]
+    writer.writerow(["trial", "outcome", "step", *measures, *names, "error"])
     for r in rows:
-        writer.writerow([r["trial"], r["outcome"], r["step"], r["objective"], r["valid_nll_bound"], r["valid_kl"],
-                         r["valid_mutual_info"], r["collapsed"],
+        writer.writerow([r["trial"], r["outcome"], r["step"], *[r[m] for m in measures],
                          *[r["params"].get(n, "") for n in names], r["error"]])
     return buffer.getvalue()
 
@@ -111,6 +114,51 @@ def parameter_importances(rows: list[dict], dims: list[Dimension]) -> dict[str, 
         return {}
 
 
+def objective_axis(rows: list[dict]) -> tuple[float, float] | None:
+    """The y-range of the objective figure: the scored trials the collapse guard accepted, with a margin. A
+    rejected trial's objective carries COLLAPSE_PENALTY, which would squash every other trial into one line. With
+    none accepted, the rejected trials' bounds. None without a scored trial."""
+    scored = [r for r in rows if r["objective"] is not None]
+    values = [r["objective"] for r in scored if not r.get("collapsed")] or [_bound(r) for r in scored]
+    if not values:
+        return None
+    low, high = min(values), max(values)
+    margin = 0.08 * (high - low) or max(1.0, 0.02 * abs(high))
+    return low - margin, high + margin
+
+
+def _bound(row: dict) -> float:
+    """A rejected trial's validation NLL bound: its objective without the penalty."""
+    bound = row.get("valid_nll_bound")
+    return bound if bound is not None else row["objective"] - COLLAPSE_PENALTY
+
+
+def draw_objective(ax, rows: list[dict]) -> None:
+    """The objective by trial, on the scale of the trials the collapse guard accepted (`objective_axis`), with the
+    best so far among them; the rejected ones on the top edge."""
+    from matplotlib.ticker import MaxNLocator
+
+    numbered = [(i + 1, r) for i, r in enumerate(rows) if r["objective"] is not None]
+    accepted = [(x, r) for x, r in numbered if not r.get("collapsed")]
+    rejected = [(x, r) for x, r in numbered if r.get("collapsed")]
+    axis = objective_axis(rows)
+    if accepted:
+        xs, ys = [x for x, _ in accepted], [r["objective"] for _, r in accepted]
+        ax.scatter(xs, ys, c=["tab:blue" if r["outcome"] == "finished" else "tab:gray" for _, r in accepted],
+                   label="trial (grey: stopped early)")
+        ax.step(xs, [min(ys[:i + 1]) for i in range(len(ys))], where="post", color="tab:red", label="best so far")
+    if rejected:  # unclipped, so that a marker on the edge shows whole
+        ys = [axis[1] if accepted else _bound(r) for _, r in rejected]
+        ax.scatter([x for x, _ in rejected], ys, marker="x", color="tab:orange", clip_on=False,
+                   label="rejected by the collapse guard" + (" (top edge)" if accepted else " (NLL bound)"))
+    if axis:
+        ax.set_ylim(*axis)
+    ax.set(xlabel="trial", ylabel="objective (valid NLL bound)", title="Sweep objective by trial")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    if numbered:
+        ax.legend()
+
+
 def _figures(rows: list[dict], importances: dict[str, float], folder: Path) -> list[Path]:
     import matplotlib
     matplotlib.use("Agg")
@@ -118,15 +166,7 @@ def _figures(rows: list[dict], importances: dict[str, float], folder: Path) -> l
 
     paths = []
     fig, ax = plt.subplots(figsize=(7, 4))
-    xs = [i + 1 for i, r in enumerate(rows) if r["objective"] is not None]
-    ys = [r["objective"] for r in rows if r["objective"] is not None]
-    colours = ["tab:blue" if r["outcome"] == "finished" else "tab:gray" for r in rows if r["objective"] is not None]
-    ax.scatter(xs, ys, c=colours, label="trial (grey: stopped early)")
-    if ys:
-        best = [min(ys[:i + 1]) for i in range(len(ys))]
-        ax.step(xs, best, where="post", color="tab:red", label="best so far")
-    ax.set(xlabel="trial", ylabel="objective (valid NLL bound)", title="Sweep objective by trial")
-    ax.legend()
+    draw_objective(ax, rows)
     fig.tight_layout()
     paths.append(folder / "objective_by_trial.png")
     fig.savefig(paths[-1], dpi=110)

@@ -17,28 +17,34 @@ from pathlib import Path
 from pipelines.dataset import PreparedDataset
 from pipelines.errors import SeqlvmError, root_cause
 from pipelines.shards import absolute_location
-from seqlvm import tracking
+from seqlvm import run_log, tracking
 from seqlvm.cluster.ceiling import WorkerGroup
 from seqlvm.cluster.ray_runtime import capacity_watch, join_cluster
-from seqlvm.evaluation import COLLAPSE_PENALTY, CollapseGuard
+from seqlvm.evaluation import COLLAPSE_PENALTY, GUARD_FIELDS, CollapseGuard
 from seqlvm.models import model_class
 from seqlvm.tracking import registry
-from seqlvm.training import RunSpec, load_config_file, prepare_run, try_one_step
+from seqlvm.training import RunSpec, keys_set_by, load_config_file, prepare_run, try_one_step
 from tune import summary
 from tune.champion import register_best
+from tune.progress import TrialProgress
 from tune.request import SweepRequest, SweepResult
 from tune.search import SCHEDULERS, SEARCHES, build_scheduler, build_search, default_startup_trials
-from tune.space import Dimension, default_space, parse_space
+from tune.space import Dimension, default_space, leaving_alone, parse_space
 from tune.trial import TrialContext, run_trial
 
 REQUEST_FILE = "seqlvm_sweep.json"  # the sweep's settings, read back by --resume
+LOG_FILE = "sweep.log"  # Ray's, Tune's and MLflow's output, unless --verbose
 # CPUs left to Ray Data's read tasks when deciding how many trials run at once (see seqlvm/ray_runtime.py).
 DATA_CPUS = 2
 
 
-# The defaults of the collapse guard (docs/sweeps-and-registry.md). Sentence VAEs whose posterior decodes keep
-# their input's words showed 4-7 nats of I(x; z) on validation sentences, a collapsed one 0.16 (docs/results.md).
+# The defaults of the collapse guard (docs/sweeps-and-registry.md), from benchmarks/latent_use.py (docs/results.md):
+# sentence VAEs whose decodes ignore z showed 0-3 % distinct posterior decodes and no F1 gain over other inputs,
+# though one had 0.83 nats of I(x; z); those that used z, 40-90 % distinct decodes and a gain of 0.11-0.22. The
+# minimums sit between the two.
 DEFAULT_MIN_MUTUAL_INFO = 0.5
+DEFAULT_MIN_DECODE_DISTINCT = 0.3
+DEFAULT_MIN_DECODE_F1_GAIN = 0.05
 DEFAULT_MIN_KL = 0.1
 OBJECTIVE = f"validation NLL bound, + {COLLAPSE_PENALTY:g} for a trial the collapse guard rejects"
 
@@ -51,22 +57,26 @@ class SweepInterrupted(SeqlvmError):
 
 # ------------------------------------------------------------------------------------------ configuration
 
-GUARD_KEYS = ("min_kl", "min_mutual_info", "min_active_units")
-
-
 def sweep_space(request: SweepRequest, spec: RunSpec) -> tuple[list[Dimension], CollapseGuard]:
-    """The dimensions (the file's `tune.space`, else the defaults for the spec's model), each checked by setting
-    it in the spec, and the collapse guard the trials are judged by."""
+    """The dimensions (the file's `tune.space`, else the default for the spec's model, without the keys the
+    config's sections and the overrides set), each checked by setting it in the spec, and the collapse guard the
+    trials are judged by."""
     raw = load_config_file(request.config_file).get("tune") or {}
     source = request.config_file or "defaults"
-    unknown = set(raw) - {"space", *GUARD_KEYS}
+    unknown = set(raw) - {"space", *GUARD_FIELDS}
     if unknown:
         raise SeqlvmError(f"{source}: unknown key tune.{sorted(unknown)[0]} "
-                          f"(known: space, {', '.join(GUARD_KEYS)})")
+                          f"(known: space, {', '.join(GUARD_FIELDS)})")
     model = model_class(spec.model_name)
     model_fields = {f.name for f in dataclasses.fields(model.config_class)}
-    dims = (parse_space(raw["space"], source) if raw.get("space")
-            else default_space(model_fields, spec.train.max_steps, model.has_latent))
+    if raw.get("space"):
+        dims = parse_space(raw["space"], source)
+    else:
+        recipe = model.sweep_recipe(spec.train.max_steps)
+        dims = (parse_space(recipe, f"the {model.name} default space") if recipe
+                else default_space(model_fields, spec.train.max_steps, model.has_latent))
+        chosen = keys_set_by(request.config_file, request.overrides, spec.model_name)
+        dims = leaving_alone(dims, {key: spec.value(key) for key in chosen})
     for dim in dims:
         for value in dim.extremes():
             spec.with_values({dim.name: value}, source=f"{source}: tune.space.{dim.name}={value!r}")
@@ -92,21 +102,26 @@ def collapse_guard(request: SweepRequest, tune_section: dict, model, source: str
         return CollapseGuard()
     default = default_guard(model)
     values = {}
-    for key in GUARD_KEYS:
+    for key in GUARD_FIELDS:
         value = getattr(request, key)
         value = value if value is not None else tune_section.get(key, getattr(default, key))
         if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
             raise SeqlvmError(f"{source}: tune.{key} must be a number >= 0, got {value!r}")
-        values[key] = value
-    return CollapseGuard(float(values["min_kl"]), float(values["min_mutual_info"]), int(values["min_active_units"]))
+        values[key] = int(value) if key == "min_active_units" else float(value)
+    return CollapseGuard(**values)
 
 
 def default_guard(model) -> CollapseGuard:
     """Collapse-aware by default: a model whose latent is unused cannot win. A global latent must carry
-    DEFAULT_MIN_MUTUAL_INFO nats about its sentence in one active unit at least; a model with latents per step
-    (no mutual information measured) a KL of DEFAULT_MIN_KL nats per sequence. Models without a latent: none."""
+    DEFAULT_MIN_MUTUAL_INFO nats about its sequence in one active unit at least, and a sentence latent's posterior
+    decodes must be distinct and closer to their own input than to another's; a model with latents per step (no
+    mutual information measured) needs a KL of DEFAULT_MIN_KL nats per sequence. Models without a latent: none."""
     if not model.has_latent:
         return CollapseGuard()
+    if model.decodes_sentences:
+        return CollapseGuard(min_mutual_info=DEFAULT_MIN_MUTUAL_INFO, min_active_units=1,
+                             min_decode_distinct=DEFAULT_MIN_DECODE_DISTINCT,
+                             min_decode_f1_gain=DEFAULT_MIN_DECODE_F1_GAIN)
     if model.has_global_latent:
         return CollapseGuard(min_mutual_info=DEFAULT_MIN_MUTUAL_INFO, min_active_units=1)
     return CollapseGuard(min_kl=DEFAULT_MIN_KL)
@@ -142,7 +157,7 @@ def load_resumed_request(request: SweepRequest) -> SweepRequest:
         raise SeqlvmError(f"{path.parent}: no sweep named {name!r} to resume")
     saved = SweepRequest(**json.loads(path.read_text()))
     return dataclasses.replace(saved, tracking_uri=request.tracking_uri or saved.tracking_uri,
-                               address=request.address, workdir=request.workdir)
+                               address=request.address, workdir=request.workdir, quiet=request.quiet)
 
 
 def check_request(request: SweepRequest) -> None:
@@ -187,6 +202,8 @@ def run_sweep(request: SweepRequest, resume: bool = False, console=None) -> Swee
     workdir = Path(request.workdir).absolute()
     tracking_uri = tracking.resolve_tracking_uri(request.tracking_uri, workdir)
     tracking.check_reachable(tracking_uri)
+    if request.quiet:
+        run_log.divert(folder / LOG_FILE)
     workers = WorkerGroup.of(request.workers, request.cpus_per_worker, spec.train.use_gpu)
     join_cluster(workers, request.address)
     experiment_id = tracking.ensure_experiment(tracking_uri, request.experiment, workdir)
@@ -205,12 +222,15 @@ def run_sweep(request: SweepRequest, resume: bool = False, console=None) -> Swee
                       f"trials, {request.search} search, scheduler {request.scheduler} "
                       f"(MLflow run {parent_run_id}, {tracking_uri})")
         console.print(f"objective: {OBJECTIVE}; collapse guard: {guard.describe()}")
+        if request.quiet:
+            console.print(f"Ray's and MLflow's output: {folder / LOG_FILE} (--verbose shows it here)")
 
     context = TrialContext(trial_request, dataset, spec, tracking_uri, experiment_id, parent_run_id, name,
                            f"{tune_storage(request)}/{name}/train")
     try:
         with capacity_watch(workers, console.print if console else print):
-            results = build_tuner(request, dims, context, max_steps, spec.train.eval_every, resume).fit()
+            callbacks = [TrialProgress(guard, max_steps)] if console else []
+            results = build_tuner(request, dims, context, max_steps, spec.train.eval_every, resume, callbacks).fit()
     except Exception as exc:
         tracking.client(tracking_uri).set_terminated(parent_run_id, status="FAILED")
         raise SeqlvmError(f"sweep {name} failed: {root_cause(exc)}") from exc
@@ -239,7 +259,7 @@ def run_sweep(request: SweepRequest, resume: bool = False, console=None) -> Swee
 
 
 def build_tuner(request: SweepRequest, dims: list[Dimension], context: TrialContext, max_steps: int, eval_every: int,
-                resume: bool):
+                resume: bool, callbacks: list):
     from ray import tune as ray_tune
 
     # The trial's driver needs almost nothing; its TorchTrainer reserves the workers' CPUs itself.
@@ -256,7 +276,7 @@ def build_tuner(request: SweepRequest, dims: list[Dimension], context: TrialCont
             scheduler=build_scheduler(request.scheduler, max_steps, eval_every),
             metric="objective", mode="min", num_samples=request.num_samples,
             max_concurrent_trials=concurrency(request)),
-        run_config=ray_tune.RunConfig(name=request.name, storage_path=storage, verbose=1),
+        run_config=ray_tune.RunConfig(name=request.name, storage_path=storage, verbose=1, callbacks=callbacks),
     )
 
 

@@ -6,6 +6,7 @@ import argparse
 import os
 
 from pipelines.errors import SeqlvmError
+from seqlvm import run_log
 from seqlvm.cli import cluster, data, registry, sample, sweep, train
 from seqlvm.cli.output import console
 
@@ -44,4 +45,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         console.print("seqlvm: interrupted", markup=False)
         return 130
+    finally:
+        # A quiet run or sweep diverted the process's output into its log file. The program keeps it there to the
+        # end, where Ray's shutdown writes its last lines; a caller of main() (a test, a script) gets it back.
+        if argv is not None:
+            run_log.restore()
     return 0

@@ -4,7 +4,7 @@ from __future__ import annotations
 from rich.table import Table
 
 from pipelines.errors import SeqlvmError
-from seqlvm.cli.output import cell, console, out
+from seqlvm.cli.output import cell, console, fitted_table, out, percent
 from seqlvm.cli.sample import prior_table, rendered_samples
 from seqlvm.cli.train import add_placement_flags
 from tune.search import SCHEDULERS, SEARCHES
@@ -32,6 +32,12 @@ def add_parsers(sub) -> None:
                                                       "model's defaults; docs/sweeps-and-registry.md)")
     guard.add_argument("--min-mutual-info", type=float, help="validation I(x; z) in nats (global latents; default 0.5)")
     guard.add_argument("--min-active-units", type=int, help="validation active units (global latents; default 1)")
+    guard.add_argument("--min-decode-distinct", type=float,
+                       help="share of distinct greedy decodes of validation sentences' posterior means (sentence "
+                            "latents; default 0.3)")
+    guard.add_argument("--min-decode-f1-gain", type=float,
+                       help="unigram F1 of those decodes against their own sentence minus against another "
+                            "(sentence latents; default 0.05)")
     guard.add_argument("--min-kl", type=float, help="validation KL in nats (default 0.1 for latents per step)")
     guard.add_argument("--allow-collapsed", action="store_true", help="no guard: any trial may win")
     tune.add_argument("--seed", type=int, default=0, help="seed of the search algorithm")
@@ -59,11 +65,12 @@ def cmd_tune(args) -> None:
         num_samples=args.num_samples, search=args.search, scheduler=args.scheduler, max_steps=args.max_steps,
         workers=args.workers, cpus_per_worker=args.cpus_per_worker, max_concurrent=args.max_concurrent,
         startup_trials=args.startup_trials, min_kl=args.min_kl, min_mutual_info=args.min_mutual_info,
-        min_active_units=args.min_active_units, allow_collapsed=args.allow_collapsed, seed=args.seed,
+        min_active_units=args.min_active_units, min_decode_distinct=args.min_decode_distinct,
+        min_decode_f1_gain=args.min_decode_f1_gain, allow_collapsed=args.allow_collapsed, seed=args.seed,
         iw_samples=args.iw_samples,
         tracking_uri=args.tracking_uri, experiment=args.experiment, name=args.name, workdir=args.workdir,
         storage=args.storage, address=args.address, registered_name=args.registered_name,
-        register=not args.no_register)
+        register=not args.no_register, quiet=not args.verbose)
     result = run_sweep(request, resume=args.resume, console=console)
     out.print(trials_table(result))
     if result.version is None:
@@ -107,19 +114,21 @@ def latent_use_table(metrics: dict, title: str) -> Table:
     return table
 
 
-def trials_table(result) -> Table:
-    table = Table(title=f"sweep {result.name}")
-    names = sorted({k for row in result.rows for k in row["params"]})
-    for column in ("trial", "outcome", "step", "objective", "valid kl", "valid MI",
-                   *[n.split(".", 1)[1] for n in names]):
-        table.add_column(column, justify="left" if column in ("trial", "outcome") else "right")
+def trials_table(result):
+    """The trials, with the values the search varied (a value every trial shared is not shown), fitted to
+    TABLE_WIDTH columns: one row per trial, or one column per trial when that is too wide."""
+    varied = [name for name in sorted({k for row in result.rows for k in row["params"]})
+              if len({repr(row["params"].get(name)) for row in result.rows}) > 1]
+    headers = ["trial", "outcome", "step", "valid bound", "KL", "MI", "distinct", "collapse guard",
+               *[name.split(".", 1)[1] for name in varied]]
+    rows = []
     for row in result.rows:
         best = "*" if result.best and row["trial"] == result.best["trial"] else ""
-        outcome = row["outcome"] + (" (collapsed)" if row["collapsed"] else "")
-        cells = [row["trial"] + best, outcome, str(row["step"]), cell(row["objective"]),
-                 cell(row["valid_kl"]), cell(row["valid_mutual_info"]), *[cell(row["params"].get(n)) for n in names]]
-        table.add_row(*cells)
-    return table
+        rows.append([row["trial"] + best, row["outcome"], str(row["step"]), cell(row["valid_nll_bound"]),
+                     cell(row["valid_kl"]), cell(row["valid_mutual_info"]), percent(row.get("valid_decode_distinct")),
+                     "rejected" if row["collapsed"] else ("ok" if row["objective"] is not None else ""),
+                     *[cell(row["params"].get(name)) for name in varied]])
+    return fitted_table(f"sweep {result.name} (* the best)", headers, rows)
 
 
 COMMANDS = {"tune": cmd_tune}

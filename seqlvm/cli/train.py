@@ -15,6 +15,9 @@ def add_placement_flags(parser, name_help: str) -> None:
     parser.add_argument("--workdir", default="runs", help="local folder for the default MLflow store and Ray storage")
     parser.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS or a local Ray)")
     parser.add_argument("--storage", help=STORAGE_HELP)
+    parser.add_argument("--verbose", action="store_true",
+                        help="show Ray's, Tune's and MLflow's output here (default: into a log file in the run's "
+                             "folder, its path printed)")
 
 
 def add_parsers(sub) -> None:
@@ -59,7 +62,7 @@ def cmd_train(args) -> None:
                            cpus_per_worker=args.cpus_per_worker, max_steps=args.max_steps,
                            tracking_uri=args.tracking_uri, experiment=args.experiment, name=args.name,
                            workdir=args.workdir, storage=args.storage, address=args.address,
-                           final_eval=not args.no_final_eval)
+                           final_eval=not args.no_final_eval, quiet=not args.verbose)
     result = run_training(request, console=console)
     valid = {k.split("/", 1)[1]: v for k, v in result.metrics.items() if k.startswith("valid/")}
     out.print(metrics_table(f"run {result.run_name}", {"valid": valid, "test": result.test_metrics}))

@@ -31,6 +31,9 @@ class SequenceModel(nn.Module):
     has_latent: ClassVar[bool] = True
     # One latent per sequence, read by `encode` and decoded by `decode` (text models only).
     has_global_latent: ClassVar[bool] = False
+    # Whether `decode` reconstructs the sentence itself, so that its posterior decodes show whether z is used (the
+    # collapse guard's decode checks); NVDM's decode is a document's likeliest words, not the document.
+    decodes_sentences: ClassVar[bool] = False
     # Whether `train.mixed_precision=auto` trains it under bf16 autocast on a CPU with native bf16: only models
     # whose ops all run in bf16 and whose speed-up was measured (benchmarks/train_speed.py).
     bf16_on_cpu: ClassVar[bool] = False
@@ -38,6 +41,13 @@ class SequenceModel(nn.Module):
     def __init__(self, config):
         super().__init__()
         self.config = config
+
+    @classmethod
+    def sweep_recipe(cls, max_steps: int) -> dict | None:
+        """The default search space of `seqlvm tune` for this model, in a config file's `tune.space` form
+        (tune/space.py): what is known to work for it, searched around. None: the generic space of the papers'
+        questions."""
+        return None
 
     def constructor_args(self) -> dict:
         """Everything needed to rebuild this model from a checkpoint: plain data, no code."""

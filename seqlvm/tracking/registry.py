@@ -14,6 +14,7 @@ from typing import Callable
 
 from pipelines.errors import SeqlvmError
 from seqlvm import package_folders, tracking
+from seqlvm.tracking.datasets import corpus_of
 
 CHAMPION = "champion"
 # The validation metric versions are compared on, stored as a version tag.
@@ -40,7 +41,7 @@ def _signature(text: bool):
 
 def default_registered_name(model_name: str, data_source: str) -> str:
     """One registered model per model family and corpus, e.g. `sentence-vae-shakespeare`."""
-    corpus = Path(data_source.split(":", 1)[-1].rstrip("/")).name or "data"
+    corpus = corpus_of(data_source) or "data"
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", f"{model_name}-{corpus}").strip("-")
 
 

@@ -9,6 +9,11 @@ from pathlib import Path
 from pipelines.errors import SeqlvmError
 
 RUN_NAME_TAG = "seqlvm.run_name"
+# The MLflow 3 UIs that read this tag open an experiment without it as a GenAI one (traces, evaluations); 3.17's
+# goes by its sidebar switch instead. The value is the UI's "Machine learning" kind (CUSTOM_MODEL_DEVELOPMENT in the
+# bundle under mlflow/server/js).
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
 
 
 def default_tracking_uri(workdir: Path) -> str:
@@ -49,20 +54,29 @@ def client(tracking_uri: str):
 
 
 def ensure_experiment(tracking_uri: str, name: str, workdir: Path) -> str:
+    """The id of experiment `name`, created if missing, and marked as model training (`EXPERIMENT_KIND`)."""
     mlflow_client = client(tracking_uri)
     experiment = mlflow_client.get_experiment_by_name(name)
-    if experiment is not None:
-        return experiment.experiment_id
+    if experiment is None:
+        experiment = _create_experiment(mlflow_client, name, workdir, tracking_uri)
+    if EXPERIMENT_KIND_TAG not in experiment.tags:  # a kind a user chose in the UI stays
+        mlflow_client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
+    return experiment.experiment_id
+
+
+def _create_experiment(mlflow_client, name: str, workdir: Path, tracking_uri: str):
     artifacts = None
     if tracking_uri.startswith("sqlite:"):
         artifacts = (workdir / "mlartifacts").absolute().as_uri()
     try:
-        return mlflow_client.create_experiment(name, artifact_location=artifacts)
+        experiment_id = mlflow_client.create_experiment(name, artifact_location=artifacts,
+                                                        tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
     except Exception:  # another run created it meanwhile (two jobs starting at once on a cluster)
         experiment = mlflow_client.get_experiment_by_name(name)
         if experiment is None:
             raise
-        return experiment.experiment_id
+        return experiment
+    return mlflow_client.get_experiment(experiment_id)
 
 
 def start_or_resume_run(tracking_uri: str, experiment_id: str, run_name: str, tags: dict) -> tuple[str, bool]:
@@ -123,13 +137,20 @@ PROBE_TIMEOUT_S = 10
 def check_reachable(tracking_uri: str) -> None:
     """One line if the tracking store does not answer. A server is probed once first: MLflow's own client retries
     a refused connection with backoff for minutes before it gives up."""
+    import logging
+
     if tracking_uri.startswith(("http://", "https://")):
         probe_server(tracking_uri)
+    store_setup = logging.getLogger("mlflow.store.db.utils")  # "Creating initial MLflow database tables..."
+    level = store_setup.level
+    store_setup.setLevel(logging.WARNING)
     try:
         client(tracking_uri).search_experiments(max_results=1)
     except Exception as exc:  # connection errors come in many types
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise SeqlvmError(f"MLflow tracking store {tracking_uri} is not reachable ({reason})") from None
+    finally:
+        store_setup.setLevel(level)
 
 
 def probe_server(tracking_uri: str) -> None:

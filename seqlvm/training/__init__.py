@@ -6,9 +6,9 @@ the names below."""
 from seqlvm.training.driver import build_trainer, run_training
 from seqlvm.training.evaluate import evaluate_checkpoint
 from seqlvm.training.request import TrainRequest, TrainResult, prepare_run, try_one_step
-from seqlvm.training.spec import RunSpec, TrainConfig, load_config_file
+from seqlvm.training.spec import RunSpec, TrainConfig, keys_set_by, load_config_file
 from seqlvm.training.tracked_run import TrackedRun
 from seqlvm.training.worker import WorkerTask
 
 __all__ = ["RunSpec", "TrackedRun", "TrainConfig", "TrainRequest", "TrainResult", "WorkerTask", "build_trainer",
-           "evaluate_checkpoint", "load_config_file", "prepare_run", "run_training", "try_one_step"]
+           "evaluate_checkpoint", "keys_set_by", "load_config_file", "prepare_run", "run_training", "try_one_step"]

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from pipelines.dataset import PreparedDataset
 from pipelines.errors import root_cause
-from seqlvm import tracking
+from seqlvm import run_log, tracking
 from seqlvm.checkpoint import load_model, local_copy
 from seqlvm.cluster.ceiling import WorkerGroup
 from seqlvm.cluster.ray_runtime import capacity_watch, join_cluster
@@ -45,16 +45,20 @@ def run_training(request: TrainRequest, console=None) -> TrainResult:
     dataset, spec = prepare_run(request)
     workdir = Path(request.workdir).absolute()
     workdir.mkdir(parents=True, exist_ok=True)
+    run_name = request.name or f"{spec.model_name}-{time.strftime('%Y%m%d-%H%M%S')}"
     tracking_uri = tracking.resolve_tracking_uri(request.tracking_uri, workdir)
     tracking.check_reachable(tracking_uri)
+    if request.quiet:
+        run_log.divert(log_path(workdir, run_name), echo_progress=True)
     workers = WorkerGroup.of(request.workers, request.cpus_per_worker, spec.train.use_gpu)
     join_cluster(workers, request.address)
-    run_name = request.name or f"{spec.model_name}-{time.strftime('%Y%m%d-%H%M%S')}"
     experiment_id = tracking.ensure_experiment(tracking_uri, request.experiment, workdir)
     run = TrackedRun.open(tracking_uri, experiment_id, run_name, spec, dataset, request.workers)
     if console:
         verb = "resuming" if run.resumed else "starting"
-        console.print(f"{verb} run [bold]{run_name}[/] (MLflow run {run.run_id}, {tracking_uri})")
+        console.print(f"{verb} run [bold]{run_name}[/] (MLflow run {run.run_id}, {tracking.redact(tracking_uri)})")
+        if request.quiet:
+            console.print(f"Ray's and MLflow's output: {log_path(workdir, run_name)} (--verbose shows it here)")
 
     try:
         with capacity_watch(workers, console.print if console else print):
@@ -83,6 +87,11 @@ def run_training(request: TrainRequest, console=None) -> TrainResult:
         log_frame_samples(checkpoint_dir, tracking_uri, run.run_id)
     run.close()
     return TrainResult(run_name, run.run_id, tracking_uri, checkpoint_dir, dict(result.metrics), test_metrics)
+
+
+def log_path(workdir: Path, run_name: str) -> Path:
+    """Where a quiet run's Ray, Train and MLflow output goes."""
+    return workdir / "logs" / f"{run_name}.log"
 
 
 def storage_root(request: TrainRequest) -> str:

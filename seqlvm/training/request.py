@@ -28,6 +28,9 @@ class TrainRequest:
     storage: str | None = None
     address: str | None = None
     final_eval: bool = True
+    # Ray's, Train's and MLflow's output into a log file in the run's folder, seqlvm's progress on the terminal
+    # (seqlvm.run_log); the command line sets it unless --verbose.
+    quiet: bool = False
 
 
 @dataclass

@@ -54,11 +54,14 @@ class TrainConfig:
     seed: int = 0
     use_gpu: bool = False
     mixed_precision: str = "auto"  # auto (bf16 on a CPU with native bf16) | none | bf16 | fp16 (GPU only)
-    # The collapse guard (seqlvm.evaluation.CollapseGuard, set by sweeps): validation KL, mutual information (nats)
-    # and active units below which the reported objective is penalised as collapsed; 0 checks nothing.
+    # The collapse guard (seqlvm.evaluation.CollapseGuard, set by sweeps): validation KL, mutual information (nats),
+    # active units, share of distinct posterior decodes and their F1 gain over other inputs, below which the
+    # reported objective is penalised as collapsed; 0 checks nothing.
     min_kl: float = non_negative(0.0)
     min_mutual_info: float = non_negative(0.0)
     min_active_units: int = count(0)
+    min_decode_distinct: float = bounded(0.0, Range(0.0, 1.0))
+    min_decode_f1_gain: float = bounded(0.0, Range(0.0, 1.0))
 
     def validate(self) -> None:
         if self.kl_anneal not in KL_SCHEDULES:
@@ -145,6 +148,16 @@ def _section_of(key: str, sections: dict, item: str) -> tuple[str, str]:
     return owners[0], key
 
 
+def keys_set_by(config_file: str | Path | None, overrides: list[str], model_name: str) -> set[str]:
+    """The `section.key`s that a config file's `model:` and `train:` sections and `key=value` overrides set."""
+    raw = load_config_file(config_file)
+    sections = _sections(model_class(model_name))
+    keys = {f"{section}.{key}" for section in sections for key in (raw.get(section) or {})}
+    for item in overrides:
+        keys.add(".".join(_section_of(item.split("=", 1)[0], sections, item)))
+    return keys
+
+
 @dataclass
 class RunSpec:
     model_name: str
@@ -208,6 +221,11 @@ class RunSpec:
                 raise SeqlvmError(f"{source}: {exc}") from None
             changed[section][name] = value
         return self._checked(self.model_name, changed["model"], changed["train"], source)
+
+    def value(self, key: str) -> Any:
+        """The value of a `section.key`."""
+        section, name = key.split(".", 1)
+        return getattr(self.model if section == "model" else self.train, name)
 
     def to_dict(self) -> dict:
         """Plain data, as checkpoints store it (`config`) and MLflow logs it (flattened)."""

@@ -13,6 +13,7 @@ from pipelines.dataset import PreparedDataset
 from pipelines.errors import SeqlvmError
 from seqlvm import tracking
 from seqlvm.checkpoint import CHECKPOINT_FILE, read_checkpoint
+from seqlvm.tracking.datasets import log_training_dataset
 from seqlvm.training.spec import RunSpec
 
 # How long the end of a run waits for a tracking server that is down before failing loudly.
@@ -31,7 +32,7 @@ class TrackedRun:
     def open(cls, tracking_uri: str, experiment_id: str, name: str, spec: RunSpec, dataset: PreparedDataset,
              workers: int, tags: dict | None = None) -> "TrackedRun":
         """Start the MLflow run of training run `name`, or find it again (a resumed run continues it), with the
-        spec and the data as its parameters."""
+        spec and the data as its parameters and the corpus as its training dataset input."""
         run_id, resumed = tracking.start_or_resume_run(tracking_uri, experiment_id, name, {
             "seqlvm.model": spec.model_name, "seqlvm.data_dir": dataset.location,
             "seqlvm.data_source": dataset.source, "seqlvm.data_fingerprint": dataset.fingerprint, **(tags or {})})
@@ -40,6 +41,7 @@ class TrackedRun:
         tracking.log_params(tracking_uri, run_id, {
             **tracking.flatten("", spec.to_dict()), "workers": workers, "data.modality": dataset.modality,
             "data.sequences_train": dataset.splits["train"].sequences, **size_param})
+        log_training_dataset(tracking_uri, run_id, dataset)
         return cls(tracking_uri, run_id, name, resumed)
 
     def deliver_pending(self, checkpoint_dir: str, wait_s: float = TRACKING_GRACE_SECONDS) -> None:

@@ -4,7 +4,6 @@ checkpoints; every worker calls `ray.train.report`, as Train requires."""
 from __future__ import annotations
 
 import os
-import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -16,13 +15,17 @@ import torch.distributed as dist
 from pipelines.dataset import PreparedDataset
 from pipelines.stream import layout_of, ray_batches
 from seqlvm.checkpoint import read_checkpoint, save_checkpoint
-from seqlvm.evaluation import TOTAL_KEYS, CollapseGuard, LatentPosteriors, add_totals, summarize
+from seqlvm.evaluation import TOTAL_KEYS, CollapseGuard, LatentPosteriors, add_totals, decode_sample, summarize
+from seqlvm.run_log import duration, progress
 from seqlvm.tracking import WORKER_HTTP_SETTINGS, MetricOutbox
 from seqlvm.training.spec import RunSpec, TrainConfig
 from seqlvm.training.step import all_weights_finite, make_optimizer, schedule_weight, take_step
 from seqlvm.training.tracked_run import TrackedRun
 
 MAX_CONSECUTIVE_NONFINITE = 20  # skipped steps in a row that end a run
+# Validation sentences decoded from their posterior mean per worker and evaluation: enough to tell a decoder that
+# ignores z (a few distinct decodes) from one that uses it (most distinct), in well under a second.
+VALIDATION_DECODES = 200
 
 
 @dataclass
@@ -42,12 +45,6 @@ class WorkerTask:
                    dataset.data_info(), run.tracking_uri, run.run_id)
 
 
-def say(line: str) -> None:
-    """Progress to the real stdout: Train patches print() into a logger that echoes every line twice."""
-    sys.__stdout__.write(line + "\n")
-    sys.__stdout__.flush()
-
-
 def all_reduce_sum(values: dict[str, float], device) -> dict[str, float]:
     """Sum a dict of floats over workers (a no-op with one worker)."""
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
@@ -61,19 +58,24 @@ def all_reduce_sum(values: dict[str, float], device) -> dict[str, float]:
 @torch.no_grad()
 def validate(model, shard, cfg: TrainConfig, device, layout) -> dict[str, float]:
     """The validation metrics (unprefixed), in full precision so the reported ELBO is the true one; with a global
-    latent, its mutual information and active units (on each worker's shard, averaged over workers)."""
+    latent, its mutual information and active units, and for a sentence latent its posterior decodes' metrics (on
+    each worker's shard, averaged over workers)."""
     model.eval()
     totals = {k: 0.0 for k in TOTAL_KEYS}
     posteriors = LatentPosteriors(model)
+    sample = decode_sample(model, VALIDATION_DECODES)
     for i, batch in enumerate(ray_batches(shard, cfg.batch_size, cfg.bucket_factor, layout=layout)):
         if cfg.eval_batches is not None and i >= cfg.eval_batches:
             break
         batch = {k: v.to(device) for k, v in batch.items()}
         add_totals(totals, model(batch).totals)
-        posteriors.add(batch)
+        mu = posteriors.add(batch)
+        if sample is not None:
+            sample.offer(mu, batch["targets"])
+    latent_use = {**posteriors.metrics(), **(sample.decode(model).metrics() if sample is not None else {})}
     model.train()
     world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
-    latent_use = {k: v / world for k, v in all_reduce_sum(posteriors.metrics(), device).items()}
+    latent_use = {k: v / world for k, v in all_reduce_sum(latent_use, device).items()}
     return {**summarize(all_reduce_sum(totals, device)), **latent_use}
 
 
@@ -95,7 +97,8 @@ class Trainer:
         self.optimizer = make_optimizer(self.net, self.cfg)
         self.step, self.epoch, self.skipped, self.consecutive_nonfinite = 0, 0, 0, 0
         self.stop_reason: str | None = None
-        say(f"worker rank {self.rank} of {self.world}: pid {os.getpid()} on {ray.util.get_node_ip_address()}")
+        progress(f"worker rank {self.rank} of {self.world}: pid {os.getpid()} on {ray.util.get_node_ip_address()}",
+                 echo=False)
         pending = self._restore(ray.train.get_checkpoint())
         self.outbox = None
         if self.rank == 0:
@@ -122,7 +125,7 @@ class Trainer:
         self.optimizer.load_state_dict(payload["optimizer"])
         self.step, self.epoch, self.skipped = payload["step"], payload["epoch"], payload.get("skipped_steps", 0)
         if self.rank == 0:
-            say(f"resuming from step {self.step} (epoch {self.epoch})")
+            progress(f"resuming from step {self.step} (epoch {self.epoch})")
         return payload.get("pending_metrics", [])
 
     def _max_steps(self) -> float:
@@ -177,10 +180,10 @@ class Trainer:
             return
         if self.outbox.flush():
             if was_failing:
-                say(f"MLflow is reachable again: metrics delivered up to step {self.step}")
+                progress(f"MLflow is reachable again: metrics delivered up to step {self.step}")
         elif not was_failing:
-            say(f"MLflow unreachable ({self.outbox.last_error}): training goes on, {len(self.outbox.pending)} "
-                "metrics wait in the checkpoints and are sent when it is back")
+            progress(f"MLflow unreachable ({self.outbox.last_error}): training goes on, {len(self.outbox.pending)} "
+                     "metrics wait in the checkpoints and are sent when it is back")
 
     def _checkpoint_and_report(self, metrics: dict[str, float]) -> None:
         import ray.train
@@ -237,14 +240,15 @@ class Trainer:
         elif last_reported != self.step:
             self._evaluate_and_report(valid_shard)
         if self.rank == 0 and cfg.max_steps is not None and self.step < cfg.max_steps and not self.stop_reason:
-            say(f"stopped at step {self.step}: train.epochs={cfg.epochs} came before train.max_steps={cfg.max_steps}")
+            progress(f"stopped at step {self.step}: train.epochs={cfg.epochs} came before "
+                     f"train.max_steps={cfg.max_steps}")
 
     def _stop(self) -> None:
         """End the run early. The last checkpoint (of weights no skipped step has touched) carries the reason to
         the driver; raising instead would make Ray Train restart the workers from a checkpoint, only to fail
         again."""
         if self.rank == 0:
-            say(f"stopping: {self.stop_reason}")
+            progress(f"stopping: {self.stop_reason}")
             self.outbox.add({"train/skipped_steps": self.skipped}, self.step)
         self._checkpoint_and_report({"step": self.step, "skipped_steps": self.skipped,
                                      "stop_reason": self.stop_reason})
@@ -260,9 +264,12 @@ class Trainer:
         self.outbox.add(metrics, self.step)
         self._deliver(retry=False)
         bound = metrics.get("train/nll_bound", float("nan"))
-        say(f"step {self.step:>6} | epoch {self.epoch} | nll bound {bound:8.2f} | "
-            f"kl {metrics.get('train/kl', 0.0):6.2f} | kl weight {metrics['train/kl_weight']:.3f} | "
-            f"{metrics['train/tokens_per_sec']:8.0f} {'tok' if self.layout.frame_dim is None else 'steps'}/s")
+        remaining = self._max_steps() - self.step
+        eta = f" | ETA {duration(remaining * seconds / self.cfg.log_every)}" if remaining < float("inf") else ""
+        progress(f"step {self.step:>6} | epoch {self.epoch} | nll bound {bound:8.2f} | "
+                 f"kl {metrics.get('train/kl', 0.0):6.2f} | kl weight {metrics['train/kl_weight']:.3f} | "
+                 f"{metrics['train/tokens_per_sec']:8.0f} {'tok' if self.layout.frame_dim is None else 'steps'}/s"
+                 f"{eta}")
 
     def _evaluate_and_report(self, valid_shard) -> None:
         # The unwrapped model: no DDP collectives.
@@ -278,8 +285,8 @@ class Trainer:
                        else f"elbo/step {metrics['valid/elbo_per_step']:8.3f}")
             latent = (f" | MI {validation['mutual_info']:5.2f} | active units {validation['active_units']:.0f}"
                       if "mutual_info" in validation else "")
-            say(f"step {self.step:>6} | valid nll bound {metrics['valid/nll_bound']:8.2f} | "
-                f"kl {metrics['valid/kl']:6.2f} | {quality}{latent}")
+            progress(f"step {self.step:>6} | valid nll bound {metrics['valid/nll_bound']:8.2f} | "
+                     f"kl {metrics['valid/kl']:6.2f} | {quality}{latent}")
         self._checkpoint_and_report(metrics)
 
 
