@@ -137,6 +137,11 @@ def test_the_default_space_starts_from_the_models_recipe_and_leaves_alone_what_t
                                                      overrides=["model.free_bits=0.2"]), spec)[0]}
     assert "model.z_every_step" not in mine and "model.free_bits" not in mine and "train.lr" in mine
     assert {d.name for d in sweep_space(request, spec_of("vrnn", 400))[0]} >= {"model.conditional_prior"}
+    hybrid = {d.name: d for d in sweep_space(request, spec_of("hybrid-vae", 300))[0]}
+    assert hybrid["train.kl_anneal"].choices == ["linear"] and hybrid["train.kl_warmup_steps"].choices == [100]
+    assert (hybrid["model.aux_weight"].low, hybrid["model.aux_weight"].high) == (0.1, 0.5)
+    recipes = {name for name, cls in MODELS.items() if cls.sweep_recipe(400) is not None}
+    assert recipes == {"sentence-vae", "hybrid-vae"}  # the others: the generic space
 
 
 def test_a_dimension_conditional_on_a_value_the_user_set_follows_that_value():

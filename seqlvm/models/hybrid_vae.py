@@ -85,18 +85,6 @@ def sequence_nll(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 class ConvEncoder(nn.Module):
     """q(z|x): strided convolutions over one-hot characters padded to the fixed size (Fig. 2a, left)."""
 
-    @classmethod
-    def sweep_recipe(cls, max_steps: int) -> dict:
-        # seqlvm/configs/hybrid-vae.yaml's recipe: the auxiliary reconstruction term (alpha) keeps the KL above
-        # zero (benchmarks/hybrid_alpha.py), with a linear KL warm-up over the first third of training.
-        return {
-            "model.lm": "lstm", "train.batch_size": 64, "train.kl_anneal": "linear",
-            "train.kl_warmup_steps": max(1, max_steps // 3),
-            "model.aux_weight": {"loguniform": [0.1, 0.5]},
-            "model.history_keep_rate": {"uniform": [0.5, 1.0]},
-            "train.lr": {"loguniform": [0.001, 0.003]},
-        }
-
     def __init__(self, config: HybridVAEConfig, vocab_size: int):
         super().__init__()
         self.vocab_size, self.padded_length = vocab_size, config.base_length() * 2 ** config.conv_layers
@@ -189,6 +177,18 @@ class HybridVAE(TextModel):
     config_class = HybridVAEConfig
     has_global_latent = True
     decodes_sentences = True
+
+    @classmethod
+    def sweep_recipe(cls, max_steps: int) -> dict:
+        # seqlvm/configs/hybrid-vae.yaml's recipe: the auxiliary reconstruction term (alpha) keeps the KL above
+        # zero (benchmarks/hybrid_alpha.py), with a linear KL warm-up over the first third of training.
+        return {
+            "model.lm": "lstm", "train.batch_size": 64, "train.kl_anneal": "linear",
+            "train.kl_warmup_steps": max(1, max_steps // 3),
+            "model.aux_weight": {"loguniform": [0.1, 0.5]},
+            "model.history_keep_rate": {"uniform": [0.5, 1.0]},
+            "train.lr": {"loguniform": [0.001, 0.003]},
+        }
 
     def __init__(self, config: HybridVAEConfig, vocab_size: int):
         super().__init__(config, vocab_size)
