@@ -68,6 +68,11 @@ class PreparedDataset:
     def is_text(self) -> bool:
         return self.modality == "text"
 
+    @property
+    def has_words(self) -> bool:
+        """Text whose tokens are words, not characters (`prepare text --unit char`)."""
+        return self.is_text and not self.vocab.is_characters
+
     @cached_property
     def vocab(self) -> Vocab:
         if not self.is_text:

@@ -170,6 +170,7 @@ def test_characters_in_fixed_length_fragments_cover_the_running_text(tmp_path):
     manifest = prepare_text(str(src), out, options)
     vocab = Vocab.load(out / "vocab.json")
     assert vocab.is_characters and " " in vocab.words and "T" not in vocab.words  # lowercased characters
+    assert not PreparedDataset.open(out).has_words
     fragments = [vocab.text(ids) for ids in PreparedDataset.open(out).read("train")]
     assert all(len(f) == 7 for f in fragments)
     running = " ".join(" ".join(line.lower().split()) for line in lines)
@@ -182,7 +183,7 @@ def test_paragraph_layout_keeps_each_paragraph_one_sequence(tmp_path):
     out = tmp_path / "docs"
     prepare_text(str(src), out, TextOptions(layout="paragraphs", valid_fraction=0, test_fraction=0))
     vocab = Vocab.load(out / "vocab.json")
-    assert not vocab.is_characters
+    assert not vocab.is_characters and PreparedDataset.open(out).has_words
     assert sorted(vocab.text(ids) for ids in PreparedDataset.open(out).read("train")) == [
         "first one . still the first .", "second paragraph here ."]
 

@@ -192,6 +192,8 @@ class TestCollapseGuardOfASweep:
                                              min_decode_f1_gain=DEFAULT_MIN_DECODE_F1_GAIN)
         assert self.guard("hybrid-vae") == self.guard()  # every sentence latent is judged by its decodes
         assert self.guard("nvdm") == CollapseGuard(min_mutual_info=DEFAULT_MIN_MUTUAL_INFO, min_active_units=1)
+        characters = sweep_space(SweepRequest(data_dir="unused"), spec_of("hybrid-vae", 500), words=False)[1]
+        assert characters == self.guard("nvdm")  # a unigram F1 of characters tells nothing
         assert self.guard("vrnn") == CollapseGuard(min_kl=DEFAULT_MIN_KL)  # latents per step: their KL
         assert self.guard("rnnlm") == CollapseGuard()  # nothing to collapse
 
