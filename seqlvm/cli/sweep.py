@@ -34,10 +34,10 @@ def add_parsers(sub) -> None:
     guard.add_argument("--min-active-units", type=int, help="validation active units (global latents; default 1)")
     guard.add_argument("--min-decode-distinct", type=float,
                        help="share of distinct greedy decodes of validation sentences' posterior means (sentence "
-                            "latents; default 0.3)")
+                            "latents over words; default 0.3)")
     guard.add_argument("--min-decode-f1-gain", type=float,
                        help="unigram F1 of those decodes against their own sentence minus against another "
-                            "(sentence latents; default 0.05)")
+                            "(sentence latents over words; default 0.05)")
     guard.add_argument("--min-kl", type=float, help="validation KL in nats (default 0.1 for latents per step)")
     guard.add_argument("--allow-collapsed", action="store_true", help="no guard: any trial may win")
     tune.add_argument("--seed", type=int, default=0, help="seed of the search algorithm")
