@@ -1,22 +1,18 @@
 """Peak memory of the streaming training path as the corpus grows: the built-in Shakespeare corpus (1x) and a
 corpus N times larger (default 10x, its training shards repeated: copies of the Parquet files, listed in a copy
-of the manifest) are each streamed once through what a Ray Train worker runs: `training_dataset`'s streaming
-path (Ray Data's read_parquet from the dataset's filesystem, shard files in random order; corpora under 64 MiB of
-token ids are materialised by training instead, which this bypasses), split by `streaming_split(1, equal=True)`
-as Train splits it, and consumed in a Ray actor by `ray_batches` (local shuffle buffer, length bucketing,
-padding into torch tensors) with the default training configuration.
+of the manifest) are each read once the way a Ray Train worker reads a training split too large for memory
+(seqlvm/training/data.py, pipelines/epoch_reading.py): the epoch plan of one worker (pipelines/epochs.py), its
+windows streamed through Ray Data one block per window with a read-ahead of two windows' bytes of object store
+(`StreamedWindows`), cut into length-bucketed, padded batches (`epoch_batches`), with the default training
+configuration, in a Ray actor (a fresh one per pass).
 
 While each pass runs, a thread in the driver samples every 0.2 s the resident memory (RSS) of the driver and
-of every Ray worker process below it (`ray::...`: read tasks, the split coordinator, the consumer) and the
-object store's usage; the consumer also reports its own high-water RSS (a fresh actor per pass). Both passes
-share one Ray instance (num_cpus=4, object_store_memory=512 MiB), after a warm-up pass, the 1x baseline first.
+of every Ray worker process below it (`ray::...`: read tasks, the consumer) and the object store's usage; the
+consumer also reports its own high-water RSS. Both passes share one Ray instance (num_cpus=4,
+object_store_memory=512 MiB), after a warm-up pass, the 1x baseline first; the last row is the ratio of the
+Nx pass's figures to the 1x pass's.
 
-Ray Data reads ahead as far as its object-store budget allows, in blocks of up to 128 MiB, so at this scale
-(10x Shakespeare is 30 MB of token ids: one block) the object store holds the whole epoch; `--block-mb` and
-`--store-budget-mb` shrink both to show the regime of a corpus of many blocks.
-
-    .venv/bin/python benchmarks/streaming_memory.py                                   # ~1.5 min on 2 cores
-    .venv/bin/python benchmarks/streaming_memory.py --block-mb 2 --store-budget-mb 8
+    .venv/bin/python benchmarks/streaming_memory.py                                   # ~2 min on 2 cores
     .venv/bin/python benchmarks/streaming_memory.py --data s3://bucket/shakespeare --scratch s3://bucket/tmp
 (Linux: the driver finds Ray's processes among its descendants. A --scratch URI takes no query string: give
 S3 endpoints and credentials in the AWS_* variables.)
@@ -94,7 +90,8 @@ class Sampler(threading.Thread):
         self.store_state = None
         try:
             from ray._private.internal_api import get_state_from_address
-            self.store_state = get_state_from_address(ray.get_runtime_context().gcs_address)
+            if ray.is_initialized():  # asking for the runtime context would start Ray
+                self.store_state = get_state_from_address(ray.get_runtime_context().gcs_address)
         except Exception:  # a private API: without it the object store column says n/a
             self.store_state = None
 
@@ -139,16 +136,21 @@ class Sampler(threading.Thread):
 def make_consumer():
     @ray.remote(num_cpus=1)
     class Consumer:
-        """What a Train worker does with its dataset shard, minus the model."""
+        """What a Train worker does with its share of the training split, minus the model."""
 
-        def consume(self, shard, batch_size: int, bucket_factor: int, shuffle_buffer: int) -> dict:
+        def consume(self, data: str, cfg: TrainConfig) -> dict:
             import resource
 
-            from pipelines.stream import ray_batches
+            from pipelines.dataset import PreparedDataset
+            from pipelines.epoch_reading import epoch_batches
+            from seqlvm.training.data import epoch_planner, window_source
             rows = batches = 0
             started = time.time()
-            for batch in ray_batches(shard, batch_size, bucket_factor, shuffle_buffer, seed=0):
-                rows += int(batch["lengths"].shape[0])
+            dataset = PreparedDataset.open(data)
+            planner = epoch_planner(dataset, cfg, world=1)
+            source = window_source(dataset, planner, materialise_bytes=0)  # streamed, whatever its size
+            for batch in epoch_batches(planner, planner.plan(0), 0, 0, source, dataset.layout):
+                rows += len(batch.rows)
                 batches += 1
             return {"rows": rows, "batches": batches, "seconds": time.time() - started,
                     "consumer_peak": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
@@ -156,18 +158,13 @@ def make_consumer():
     return Consumer
 
 
-def stream(data: str, cfg: TrainConfig, split: str = "train") -> dict:
-    from pipelines.dataset import PreparedDataset
-    from seqlvm.training.data import training_dataset
+def stream(data: str, cfg: TrainConfig) -> dict:
     consumer = make_consumer().remote()
     ray.get(consumer.__ray_ready__.remote())  # its start-up (importing torch) is not part of the pass
     sampler = Sampler()
     sampler.start()
     started = time.time()
-    prepared = PreparedDataset.open(data)
-    dataset = training_dataset(prepared, materialise_bytes=0) if split == "train" else prepared.ray_dataset(split)
-    [shard] = dataset.streaming_split(1, equal=True)
-    result = ray.get(consumer.consume.remote(shard, cfg.batch_size, cfg.bucket_factor, cfg.shuffle_buffer))
+    result = ray.get(consumer.consume.remote(data, cfg))
     result["wall"] = time.time() - started
     result.update(sampler.finish())
     ray.kill(consumer)
@@ -181,11 +178,6 @@ def main() -> None:
     parser.add_argument("--scratch", default=None, help="where the 1x and Nx copies go (path or URI; default: a "
                                                         "temporary folder, removed afterwards)")
     parser.add_argument("--factor", type=int, default=10)
-    parser.add_argument("--store-budget-mb", type=float, default=None,
-                        help="cap Ray Data's object-store use (execution_options.resource_limits); default: Ray's")
-    parser.add_argument("--block-mb", type=float, default=None,
-                        help="Ray Data's target block size (default 128 MiB, more than 10x Shakespeare: one block); "
-                             "a few MB shows the regime of a corpus of many blocks")
     args = parser.parse_args()
     console = Console()
 
@@ -194,20 +186,11 @@ def main() -> None:
     console.print(f"data {args.data} ready in {time.time() - started:.0f} s")
     cfg = TrainConfig()
     ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False, object_store_memory=512 * MB)
-    from ray.data import DataContext
-    DataContext.get_current().enable_progress_bars = False
-    if args.block_mb:
-        DataContext.get_current().target_max_block_size = int(args.block_mb * MB)
-        DataContext.get_current().target_min_block_size = 1
-    if args.store_budget_mb:
-        from ray.data import ExecutionResources
-        DataContext.get_current().execution_options.resource_limits = ExecutionResources(
-            object_store_memory=args.store_budget_mb * MB)
 
     with tempfile.TemporaryDirectory(prefix="seqlvm-streaming-") as tmp:
         scratch = (args.scratch or tmp).rstrip("/")
         corpora = {factor: build_corpus(args.data, f"{scratch}/x{factor}", factor) for factor in (1, args.factor)}
-        stream(f"{scratch}/x1", cfg, "valid")  # warm-up: Ray Data's first execution starts its worker processes
+        stream(f"{scratch}/x1", cfg)  # warm-up: Ray Data's first execution starts its worker processes
         results = {}
         for factor, manifest in corpora.items():
             console.print(f"{factor}x: {Split.from_manifest(manifest['splits']['train']).sequences:,} training sentences in "
@@ -216,11 +199,8 @@ def main() -> None:
             results[factor]["expected"] = Split.from_manifest(manifest["splits"]["train"]).sequences
     ray.shutdown()
 
-    budget = f"{args.store_budget_mb:g} MB" if args.store_budget_mb else "Ray's default"
-    block = f"{args.block_mb:g} MB" if args.block_mb else "Ray's default"
-    table = Table(title=f"Streaming the training split through Ray Data (batch {cfg.batch_size}, bucket factor "
-                        f"{cfg.bucket_factor}, shuffle buffer {cfg.shuffle_buffer}; Ray Data blocks {block}, "
-                        f"object-store budget {budget}); peak RSS and object-store use in MB")
+    table = Table(title=f"A worker's epoch plan streamed through Ray Data, one window a block (batch "
+                        f"{cfg.batch_size}, bucket factor {cfg.bucket_factor}); peak RSS and object-store use in MB")
     for column in ("corpus", "rows", "batches", "seconds", "driver", "consumer (Train worker)",
                    "largest Ray worker", "driver + all Ray workers", "object store"):
         table.add_column(column, justify="right")
@@ -229,7 +209,7 @@ def main() -> None:
         table.add_row(name, *values)
 
     def mb(value) -> str:
-        return "n/a" if value is None else f"{value / MB:,.0f}"
+        return "n/a" if value is None else f"{value / MB:,.1f}"
 
     keys = ("driver", "consumer_peak", "worker", "total", "store")
     for factor, r in results.items():

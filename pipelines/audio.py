@@ -12,8 +12,10 @@ import hashlib
 import os
 import shutil
 import subprocess
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from math import gcd
 from pathlib import Path
 from typing import Iterator
@@ -24,6 +26,7 @@ from pipelines.errors import SeqlvmError
 from pipelines.frames import (ErrorPolicy, Example, FrameOptions, Standardise, cache_root, denormalise,
                               files_fingerprint, write_frame_dataset)
 from pipelines.modalities import MODALITIES
+from pipelines.work import InProcess
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg")
 TUXPAINT_STAMPS = Path("/usr/share/tuxpaint/stamps")
@@ -99,7 +102,8 @@ def _tuxpaint_source(language: str) -> tuple[Path, list[Path]]:
 def flite_sentences(count: int) -> list[str]:
     """The first `count` distinct Shakespeare sentences of FLITE_WORDS words starting with a capital, in play
     order."""
-    from pipelines.text import play_speeches, shakespeare_files, split_sentences
+    from pipelines.text import split_sentences
+    from pipelines.text_sources import play_speeches, shakespeare_files
 
     chosen: dict[str, None] = {}
     for play in shakespeare_files():
@@ -201,41 +205,54 @@ def segments(waveform: np.ndarray, options: AudioOptions) -> np.ndarray:
     return waveform[:count * options.segment_samples].reshape(count, options.segment_frames, options.frame_size)
 
 
+@dataclass(frozen=True)
+class AudioFile:
+    """One item of an audio corpus: a file, and its path below the source folder (its split key)."""
+    path: Path
+    key: str
+
+
+def read_audio_file(options: AudioOptions, item: AudioFile, policy: ErrorPolicy, tally: Counter) -> Iterator[Example]:
+    """The segments of one file; `tally` counts the seconds read and the files too short for a segment."""
+    try:
+        waveform = read_waveform(item.path, options.sample_rate)
+    except ValueError as exc:
+        policy.failed(item.path, str(exc))
+        return
+    tally["seconds_read"] += len(waveform) / options.sample_rate
+    cut = segments(waveform, options)
+    if len(cut) == 0:
+        tally["too_short_files"] += 1
+    for segment in cut:
+        yield Example(item.key, segment)
+
+
+def _audio_details(files: int, duplicates: int, options: AudioOptions, console, tally: Counter) -> dict:
+    too_short = tally["too_short_files"]
+    if console and too_short:
+        console.print(f"{too_short} files shorter than one segment "
+                      f"({options.segment_samples / options.sample_rate:g} s) gave no sequences")
+    return {"audio": {"files": files, "duplicate_files": duplicates, "too_short_files": too_short,
+                      "seconds_read": round(tally["seconds_read"], 1)}}
+
+
 def prepare_audio(spec: str, out: str | Path, options: AudioOptions, overwrite: bool = False,
-                  console=None) -> dict:
-    """Prepare `spec` into `out`. Returns the manifest; a no-op when `out` already holds this exact input."""
+                  console=None, work=InProcess()) -> dict:
+    """Prepare `spec` into `out`, one `work` task per pack of files. Returns the manifest; a no-op when `out`
+    already holds this exact input."""
     options.validate()
     root, files = resolve_source(spec, options, console)
     files, duplicates = _without_duplicates(files)
-    keys = [path.relative_to(root).as_posix() for path in files]
+    items = [AudioFile(path, path.relative_to(root).as_posix()) for path in files]
     fingerprint = files_fingerprint(files, options, extra=spec)
-    stats = {"files": len(files), "duplicate_files": duplicates, "too_short_files": 0, "seconds_read": 0.0}
-
-    def examples(policy: ErrorPolicy) -> Iterator[Example]:
-        for path, key in zip(files, keys):
-            try:
-                waveform = read_waveform(path, options.sample_rate)
-            except ValueError as exc:
-                policy.failed(path, str(exc))
-                continue
-            stats["seconds_read"] += len(waveform) / options.sample_rate
-            cut = segments(waveform, options)
-            if len(cut) == 0:
-                stats["too_short_files"] += 1
-            for segment in cut:
-                yield Example(key, segment)
-        stats["seconds_read"] = round(stats["seconds_read"], 1)
-        if console and stats["too_short_files"]:
-            console.print(f"{stats['too_short_files']} files shorter than one segment "
-                          f"({options.segment_samples / options.sample_rate:g} s) gave no sequences")
-
     synthetic = spec == "builtin:flite"
     return write_frame_dataset(
-        out, examples, modality="audio", frame_dim=options.frame_size, source=spec, fingerprint=fingerprint,
-        options=options, output=MODALITIES["audio"].output,
+        out, items, partial(read_audio_file, options), modality="audio", frame_dim=options.frame_size,
+        source=spec, fingerprint=fingerprint, options=options, output=MODALITIES["audio"].output,
         standardise=Standardise(dims=list(range(options.frame_size)), scalar=True),
         render={"sample_rate": options.sample_rate, "frame_size": options.frame_size, "synthetic": synthetic},
-        extra={"audio": stats}, overwrite=overwrite, console=console)
+        details=partial(_audio_details, len(files), duplicates, options, console),
+        sizes=[path.stat().st_size for path in files], overwrite=overwrite, console=console, work=work)
 
 
 # --- rendering generated frames ---

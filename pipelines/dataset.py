@@ -21,18 +21,20 @@ from pipelines.vocab import Vocab
 @dataclass(frozen=True)
 class Split:
     """One split: its shard files (relative to the dataset) and what they hold. `steps` are tokens for text (each
-    sentence's </s> not counted) and time steps for frames."""
+    sentence's </s> not counted) and time steps for frames; `max_steps` is the longest sequence's (0 in datasets
+    prepared before it was recorded)."""
     shards: tuple[str, ...]
     sequences: int
     steps: int
     unknown_steps: int = 0
+    max_steps: int = 0
 
     @classmethod
     def from_manifest(cls, entry: dict) -> "Split":
         # Text datasets prepared before the count names were shared say sentences/tokens/unknown_tokens.
         return cls(tuple(entry.get("shards", ())), int(entry.get("sequences", entry.get("sentences", 0))),
                    int(entry.get("steps", entry.get("tokens", 0))),
-                   int(entry.get("unknown_steps", entry.get("unknown_tokens", 0))))
+                   int(entry.get("unknown_steps", entry.get("unknown_tokens", 0))), int(entry.get("max_steps", 0)))
 
 
 @dataclass(frozen=True)
@@ -122,6 +124,31 @@ class PreparedDataset:
                 if limit is not None and len(sequences) >= limit:
                     return sequences
         return sequences
+
+    def padded_lengths(self, split: str) -> list[np.ndarray]:
+        """Each shard's rows' lengths in a batch (see `Layout.padded`), from their length column alone."""
+        layout, lengths = self.layout, []
+        filesystem, paths = self.split_files(split)
+        for path in paths:
+            try:
+                table = pq.read_table(path, columns=[layout.length_column], filesystem=filesystem)
+            except (OSError, pa.ArrowException) as exc:
+                raise SeqlvmError(f"{self.location}: cannot read the shard {path} "
+                                  f"({str(exc).strip().splitlines()[0]})") from None
+            lengths.append(layout.padded(table.column(0).to_numpy()))
+        return lengths
+
+    def longest_padded(self, split: str) -> int:
+        """The longest row of a split in a batch: from the manifest's longest sequence, or in datasets prepared
+        before it was recorded, for text from the preparation's length limit (no shard is read), otherwise from the
+        shards' length columns."""
+        if self.splits[split].max_steps:
+            return self.splits[split].max_steps + (1 if self.is_text else 0)
+        if self.is_text:
+            limit = self.options.get("fragment_length") or self.options.get("max_length")
+            if limit:
+                return int(limit) + 1
+        return max(int(lengths.max(initial=0)) for lengths in self.padded_lengths(split))
 
     def ray_dataset(self, split: str, shuffle_files: bool = False):
         """A split as a Ray Data dataset, read lazily from the dataset's filesystem (local, S3, GCS...): the read

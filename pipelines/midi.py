@@ -14,6 +14,7 @@ import os
 import pickle
 import warnings
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
@@ -24,6 +25,7 @@ from pipelines.frames import (ErrorPolicy, Example, FrameOptions, cache_root, fi
                               write_frame_dataset)
 from pipelines.modalities import MODALITIES
 from pipelines.shards import is_up_to_date
+from pipelines.work import InProcess
 
 KEYS = 88
 LOWEST_NOTE, HIGHEST_NOTE = 21, 108
@@ -36,6 +38,7 @@ SECONDS_PER_BEAT = 0.5  # 120 beats a minute: the tempo written into rendered MI
 # Sample a little after each step's start, so onsets moved by MIDI tick rounding (or played slightly late) still
 # count at their step, and a note released just as the next step starts (legato) does not.
 SAMPLE_DELAY = 0.05  # of a step
+PIECES_PER_TASK = 64  # pieces of a built-in collection's cache read by one task
 CACHE_VERSION = 1  # bump when the music21 conversion changes, so stale caches are not read
 
 
@@ -150,17 +153,20 @@ def _midi_files(source: Path, max_pieces: int) -> list[Path]:
     return files[:max_pieces] if max_pieces else files
 
 
-def _midi_examples(source: Path, files: list[Path], options: MidiOptions):
-    def examples(policy: ErrorPolicy) -> Iterator[Example]:
-        for path in files:
-            key = path.relative_to(source).as_posix() if source.is_dir() else path.name
-            try:
-                roll = _midi_roll(path, options.steps_per_beat, options.time_step)
-            except _Unreadable as exc:
-                policy.failed(path, str(exc))
-                continue
-            yield from _piece_examples(key, roll, None, options)
-    return examples
+@dataclass(frozen=True)
+class MidiFile:
+    """One item of a MIDI corpus: a file, and its split key (its path below the source folder)."""
+    path: Path
+    key: str
+
+
+def read_midi_file(options: MidiOptions, item: MidiFile, policy: ErrorPolicy, tally) -> Iterator[Example]:
+    try:
+        roll = _midi_roll(item.path, options.steps_per_beat, options.time_step)
+    except _Unreadable as exc:
+        policy.failed(item.path, str(exc))
+        return
+    yield from _piece_examples(item.key, roll, None, options)
 
 
 # Only these globals may be loaded: the pickles hold nothing but lists, tuples, sets and numbers, and refusing
@@ -200,40 +206,38 @@ def _pickled_roll(sequence) -> np.ndarray:
     return roll
 
 
-def _pickle_examples(path: Path, options: MidiOptions):
-    def examples(policy: ErrorPolicy) -> Iterator[Example]:
-        try:
-            data = load_plain_pickle(path)
-            if not isinstance(data, dict) or not all(isinstance(data.get(s), list) for s in NPZ_SPLITS):
-                raise _Unreadable("not a dict of train, valid and test lists of sequences")
-        except _Unreadable as exc:
-            policy.failed(path, str(exc))
-            return
-        for split in NPZ_SPLITS:
-            for index, sequence in enumerate(data[split][:options.max_pieces or None]):
-                try:
-                    roll = _pickled_roll(sequence)
-                except _Unreadable as exc:
-                    policy.failed(f"{path} ({split} sequence {index})", str(exc))
-                    continue
-                yield from _piece_examples(f"{path.name}/{split}/{index}", roll, split, options)
-    return examples
+def read_pickle_file(options: MidiOptions, path: Path, policy: ErrorPolicy, tally) -> Iterator[Example]:
+    """The pieces of a Boulanger-Lewandowski pickle (one item: the splits are the file's own)."""
+    try:
+        data = load_plain_pickle(path)
+        if not isinstance(data, dict) or not all(isinstance(data.get(s), list) for s in NPZ_SPLITS):
+            raise _Unreadable("not a dict of train, valid and test lists of sequences")
+    except _Unreadable as exc:
+        policy.failed(path, str(exc))
+        return
+    for split in NPZ_SPLITS:
+        for index, sequence in enumerate(data[split][:options.max_pieces or None]):
+            try:
+                roll = _pickled_roll(sequence)
+            except _Unreadable as exc:
+                policy.failed(f"{path} ({split} sequence {index})", str(exc))
+                continue
+            yield from _piece_examples(f"{path.name}/{split}/{index}", roll, split, options)
 
 
-def _npz_examples(path: Path, options: MidiOptions):
-    def examples(policy: ErrorPolicy) -> Iterator[Example]:
-        try:
-            splits = read_npz_rolls(path)
-        except SeqlvmError as exc:
-            policy.failed(path, str(exc).removeprefix(f"{path}: "))
-            return
-        for split, rolls in splits.items():
-            for index, roll in enumerate(rolls[:options.max_pieces or None]):
-                if not np.isin(roll, (0.0, 1.0)).all():
-                    policy.failed(f"{path} ({split} sequence {index})", "values other than 0 and 1")
-                    continue
-                yield from _piece_examples(f"{path.name}/{split}/{index}", roll, split, options)
-    return examples
+def read_npz_file(options: MidiOptions, path: Path, policy: ErrorPolicy, tally) -> Iterator[Example]:
+    """The pieces of an npz of padded rolls (one item: the splits are the file's own)."""
+    try:
+        splits = read_npz_rolls(path)
+    except SeqlvmError as exc:
+        policy.failed(path, str(exc).removeprefix(f"{path}: "))
+        return
+    for split, rolls in splits.items():
+        for index, roll in enumerate(rolls[:options.max_pieces or None]):
+            if not np.isin(roll, (0.0, 1.0)).all():
+                policy.failed(f"{path} ({split} sequence {index})", "values other than 0 and 1")
+                continue
+            yield from _piece_examples(f"{path.name}/{split}/{index}", roll, split, options)
 
 
 def read_npz_rolls(path: str | Path) -> dict[str, list[np.ndarray]]:
@@ -327,49 +331,81 @@ def _cache_file(name: str, options: MidiOptions) -> Path:
 
 def _save_cache(path: Path, rolls: list[tuple[str, np.ndarray]], skipped: list[dict]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(partial, "wb") as handle:
-        np.savez_compressed(handle, names=np.array([piece for piece, _ in rolls]),
+    partial_file = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    keys = np.concatenate([roll for _, roll in rolls]) if rolls else np.zeros((0, KEYS))
+    with open(partial_file, "wb") as handle:
+        np.savez_compressed(handle, names=np.array([piece for piece, _ in rolls], dtype=str),
                             lengths=np.array([len(roll) for _, roll in rolls], dtype=np.int64),
-                            keys=np.concatenate([roll for _, roll in rolls]).astype(np.uint8),
-                            skipped=np.array([json.dumps(skipped)]))
-    os.replace(partial, path)
+                            keys=keys.astype(np.uint8), skipped=np.array([json.dumps(skipped)]))
+    os.replace(partial_file, path)
 
 
-def _load_cache(path: Path) -> tuple[list[tuple[str, np.ndarray]], list[dict]] | None:
+def _load_cache(path: Path, pieces: slice = slice(None)) -> tuple[list[tuple[str, np.ndarray]], list[dict]] | None:
+    """([(piece name, roll)] of the `pieces` of a cache, the pieces music21 could not read), or None when the cache
+    is missing or damaged."""
     try:
         with np.load(path, allow_pickle=False) as data:
-            keys = data["keys"].astype(np.float32)
-            rolls = list(zip(data["names"].tolist(), np.split(keys, np.cumsum(data["lengths"])[:-1])))
+            names, lengths, keys = data["names"].tolist(), data["lengths"], data["keys"]
+            ends = np.cumsum(lengths)
+            rolls = [(names[i], keys[ends[i] - lengths[i]:ends[i]].astype(np.float32))
+                     for i in range(len(names))[pieces]]
             return rolls, json.loads(str(data["skipped"][0]))
     except (OSError, ValueError, KeyError, IndexError, json.JSONDecodeError):
-        return None  # missing or damaged: convert again
+        return None
+
+
+def _cached_piece_count(path: Path) -> int:
+    with np.load(path, allow_pickle=False) as data:
+        return len(data["lengths"])  # only this small array is read
+
+
+def builtin_cache(name: str, options: MidiOptions, console=None) -> Path:
+    """The cache file of a built-in collection converted with these options, converting it first unless an
+    earlier run did. Stops at the first unreadable piece when options.on_error is "stop"."""
+    if name not in BUILTIN:
+        raise SeqlvmError(f"builtin:{name}: unknown collection (available: {', '.join(BUILTIN)})")
+    path = _cache_file(name, options)
+    if _load_cache(path, slice(0)) is None:
+        policy = ErrorPolicy(options.on_error)
+        _save_cache(path, _convert_collection(name, options, policy, console), policy.skipped)
+    return path
 
 
 def builtin_rolls(name: str, options: MidiOptions, console=None) -> tuple[list[tuple[str, np.ndarray]], list[dict]]:
     """[(piece name, roll)] of a built-in collection and the pieces music21 could not read, from the cache when
-    this collection was converted with these options before. Stops at the first unreadable piece when
-    options.on_error is "stop"."""
-    if name not in BUILTIN:
-        raise SeqlvmError(f"builtin:{name}: unknown collection (available: {', '.join(BUILTIN)})")
-    path = _cache_file(name, options)
-    cached = _load_cache(path)
-    if cached is not None:
-        return cached
-    policy = ErrorPolicy(options.on_error)
-    rolls = _convert_collection(name, options, policy, console)
-    if rolls:
-        _save_cache(path, rolls, policy.skipped)
-    return rolls, policy.skipped
+    this collection was converted with these options before."""
+    return _load_cache(builtin_cache(name, options, console))
 
 
-def _builtin_examples(rolls: list[tuple[str, np.ndarray]], skipped: list[dict], options: MidiOptions):
-    def examples(policy: ErrorPolicy) -> Iterator[Example]:
+@dataclass(frozen=True)
+class CachedPieces:
+    """One item of a built-in collection: a run of pieces of its cache file. The first also reports the pieces
+    music21 could not read, so they are listed once, first, as when the collection was converted."""
+    cache: Path
+    first: int
+    stop: int
+
+    @property
+    def reports_skipped(self) -> bool:
+        return self.first == 0
+
+
+def cached_pieces(cache: Path) -> list[CachedPieces]:
+    count = _cached_piece_count(cache)
+    return [CachedPieces(cache, first, min(first + PIECES_PER_TASK, count))
+            for first in range(0, max(count, 1), PIECES_PER_TASK)]
+
+
+def read_cached_pieces(options: MidiOptions, item: CachedPieces, policy: ErrorPolicy, tally) -> Iterator[Example]:
+    loaded = _load_cache(item.cache, slice(item.first, item.stop))
+    if loaded is None:
+        raise SeqlvmError(f"{item.cache}: damaged cache of converted pieces; delete it and prepare again")
+    rolls, skipped = loaded
+    if item.reports_skipped:
         for failure in skipped:
             policy.failed(failure["file"], failure["reason"])
-        for piece, roll in rolls:
-            yield from _piece_examples(piece, roll, None, options)
-    return examples
+    for piece, roll in rolls:
+        yield from _piece_examples(piece, roll, None, options)
 
 
 # --- prepare ---
@@ -379,44 +415,61 @@ def _check_fixed_grid(spec: str, options: MidiOptions) -> None:
         raise SeqlvmError(f"{spec}: its rolls are already quantised; --steps-per-beat and --time-step do not apply")
 
 
-def prepare_midi(spec: str, out: str | Path, options: MidiOptions, overwrite: bool = False, console=None) -> dict:
+@dataclass(frozen=True)
+class MidiReader:
+    """How a source is read: its items, the pure function reading one, and what identifies the input."""
+    items: list
+    read_item: Callable
+    fingerprint: str
+    seconds_per_step: float
+    sizes: list[int] | None = None  # the items' sizes in bytes, to read small files in packs
+
+
+def _builtin_reader(spec: str, out: str | Path, options: MidiOptions, console) -> MidiReader:
+    name = spec.split(":", 1)[1]
+    if options.time_step:
+        raise SeqlvmError(f"{spec}: steps are quarter notes / --steps-per-beat; --time-step is for MIDI files")
+    fingerprint = files_fingerprint([], options, extra=f"{spec} music21 {_music21().__version__}")
+    # Converted on the driver once (music21 is slow) and cached; the tasks read runs of pieces from the cache.
+    items = [] if is_up_to_date(out, fingerprint) else cached_pieces(builtin_cache(name, options, console))
+    return MidiReader(items, partial(read_cached_pieces, options), fingerprint,
+                      SECONDS_PER_BEAT / options.steps_per_beat)
+
+
+def _file_reader(spec: str, options: MidiOptions) -> MidiReader:
+    source = Path(spec)
+    if not source.exists():
+        raise SeqlvmError(f"{source}: no such file or folder")
+    suffix = source.suffix.lower()
+    if source.is_dir() or suffix in MIDI_SUFFIXES:
+        files = _midi_files(source, options.max_pieces)
+        # Splits hash each file's path below the source folder: the fingerprint must change with them.
+        paths = "\n".join(p.relative_to(source).as_posix() for p in files) if source.is_dir() else ""
+        items = [MidiFile(p, p.relative_to(source).as_posix() if source.is_dir() else p.name) for p in files]
+        return MidiReader(items, partial(read_midi_file, options),
+                          files_fingerprint(files, options, extra=f"{spec}\n{paths}"),
+                          options.time_step or SECONDS_PER_BEAT / options.steps_per_beat,
+                          [path.stat().st_size for path in files])
+    if suffix in PICKLE_SUFFIXES or suffix == ".npz":
+        _check_fixed_grid(spec, options)
+        return MidiReader([source], partial(read_npz_file if suffix == ".npz" else read_pickle_file, options),
+                          files_fingerprint([source], options, extra=spec), SECONDS_PER_BEAT)
+    raise SeqlvmError(f"{source}: not a .mid/.midi file or folder, a .pickle/.pkl, an .npz or "
+                      f"builtin:{'|'.join(BUILTIN)}")
+
+
+def prepare_midi(spec: str, out: str | Path, options: MidiOptions, overwrite: bool = False, console=None,
+                 work=InProcess()) -> dict:
     """Prepare piano rolls from `spec` (a .mid/.midi file or folder, a .pickle/.pkl, an .npz, builtin:bach or
-    builtin:folk) into `out`. Returns the manifest; a no-op when `out` already holds this exact input."""
+    builtin:folk) into `out`, one `work` task per pack of files (or run of cached pieces). Returns the manifest; a no-op
+    when `out` already holds this exact input."""
     options.validate()
-    seconds_per_step = options.time_step or SECONDS_PER_BEAT / options.steps_per_beat
-    examples: Callable[[ErrorPolicy], Iterable[Example]]
-    if spec.startswith("builtin:"):
-        name = spec.split(":", 1)[1]
-        if options.time_step:
-            raise SeqlvmError(f"{spec}: steps are quarter notes / --steps-per-beat; --time-step is for MIDI files")
-        fingerprint = files_fingerprint([], options, extra=f"{spec} music21 {_music21().__version__}")
-        rolls, skipped = (([], []) if is_up_to_date(out, fingerprint)
-                          else builtin_rolls(name, options, console))
-        examples = _builtin_examples(rolls, skipped, options)
-    else:
-        source = Path(spec)
-        if not source.exists():
-            raise SeqlvmError(f"{source}: no such file or folder")
-        suffix = source.suffix.lower()
-        if source.is_dir() or suffix in MIDI_SUFFIXES:
-            files = _midi_files(source, options.max_pieces)
-            # Splits hash each file's path below the source folder: the fingerprint must change with them.
-            paths = "\n".join(p.relative_to(source).as_posix() for p in files) if source.is_dir() else ""
-            fingerprint = files_fingerprint(files, options, extra=f"{spec}\n{paths}")
-            examples = _midi_examples(source, files, options)
-        elif suffix in PICKLE_SUFFIXES or suffix == ".npz":
-            _check_fixed_grid(spec, options)
-            fingerprint = files_fingerprint([source], options, extra=spec)
-            examples = (_npz_examples if suffix == ".npz" else _pickle_examples)(source, options)
-            seconds_per_step = SECONDS_PER_BEAT
-        else:
-            raise SeqlvmError(f"{source}: not a .mid/.midi file or folder, a .pickle/.pkl, an .npz or "
-                              f"builtin:{'|'.join(BUILTIN)}")
-    render = {"time_step": seconds_per_step, "lowest_note": LOWEST_NOTE, "program": 0}
-    return write_frame_dataset(out, examples, modality="midi", frame_dim=KEYS, source=spec,
-                               fingerprint=fingerprint, options=options, output=MODALITIES["midi"].output,
-                               render=render,
-                               overwrite=overwrite, console=console)
+    reader = (_builtin_reader(spec, out, options, console) if spec.startswith("builtin:")
+              else _file_reader(spec, options))
+    render = {"time_step": reader.seconds_per_step, "lowest_note": LOWEST_NOTE, "program": 0}
+    return write_frame_dataset(out, reader.items, reader.read_item, modality="midi", frame_dim=KEYS, source=spec,
+                               fingerprint=reader.fingerprint, options=options, output=MODALITIES["midi"].output,
+                               render=render, sizes=reader.sizes, overwrite=overwrite, console=console, work=work)
 
 
 # --- rendering ---

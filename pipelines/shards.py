@@ -2,8 +2,9 @@
 
 A dataset's location is a local path or any URI `pyarrow.fs.FileSystem.from_uri` accepts (`file:///abs`,
 `s3://bucket/prefix`, `gs://bucket/prefix`, `hdfs://...`): `resolve` turns it into (filesystem, path), and every
-read and write of a dataset goes through it. A remote dataset is written in a local temporary folder, then
-uploaded with `manifest.json` last: its presence marks a complete dataset."""
+read and write of a dataset goes through it. A remote dataset is written into a staging prefix beside it (so the
+tasks of a cluster can write into it from any node), then moved into place with `manifest.json` last: its presence
+marks a complete dataset."""
 from __future__ import annotations
 
 import contextlib
@@ -12,6 +13,8 @@ import json
 import os
 import shutil
 import tempfile
+import uuid
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pyarrow as pa
@@ -36,30 +39,95 @@ def split_of(key: str, valid_fraction: float, test_fraction: float, seed: int = 
     return "train"
 
 
-class ShardWriter:
-    """Appends rows to `DIR/<split>/part-NNNNN.parquet`, starting a new file every `shard_size` rows."""
+@dataclass
+class SplitSummary:
+    """What one split holds, summed over the items that wrote to it. `steps` are tokens for text (without each
+    sentence's </s>) and time steps for frames; `max_steps` is the longest sequence (token budgets check it)."""
+    sequences: int = 0
+    steps: int = 0
+    unknown_steps: int = 0
+    max_steps: int = 0
+    shards: list[str] = field(default_factory=list)
 
-    def __init__(self, root: Path, split: str, schema: pa.Schema, shard_size: int):
-        self.dir = root / split
-        self.dir.mkdir(parents=True, exist_ok=True)
-        self.schema, self.shard_size = schema, shard_size
+    def add(self, other: "SplitSummary") -> None:
+        self.sequences += other.sequences
+        self.steps += other.steps
+        self.unknown_steps += other.unknown_steps
+        self.max_steps = max(self.max_steps, other.max_steps)
+        self.shards.extend(other.shards)
+
+
+@dataclass(frozen=True)
+class Folder:
+    """A folder on a local or remote filesystem that a preparation writes into. Picklable: its tasks write into it
+    wherever they run."""
+    filesystem: pafs.FileSystem
+    path: str
+
+    @classmethod
+    def local(cls, path: str | Path) -> "Folder":
+        return cls(pafs.LocalFileSystem(), str(Path(path).absolute()))
+
+    def file(self, name: str) -> str:
+        return f"{self.path}/{name}"
+
+    def exists(self) -> bool:
+        return self.filesystem.get_file_info(self.path).type == pafs.FileType.Directory
+
+    def make_dir(self, name: str) -> None:
+        if isinstance(self.filesystem, pafs.LocalFileSystem):  # object stores have no folders to make
+            self.filesystem.create_dir(self.file(name), recursive=True)
+
+    def write_bytes(self, name: str, data: bytes) -> None:
+        with self.filesystem.open_output_stream(self.file(name)) as stream:
+            stream.write(data)
+
+    def write_table(self, name: str, table: pa.Table) -> None:
+        pq.write_table(table, self.file(name), filesystem=self.filesystem)
+
+    def read_table(self, name: str) -> pa.Table:
+        return pq.read_table(self.file(name), filesystem=self.filesystem)
+
+    def missing(self, names: list[str]) -> list[str]:
+        infos = self.filesystem.get_file_info([self.file(name) for name in names])
+        return [name for name, info in zip(names, infos) if info.type != pafs.FileType.File]
+
+
+class ShardWriter:
+    """Appends rows to `<folder>/<split>/<prefix>-NNNNN.parquet`, starting a new file every `shard_size` rows, and
+    sums what it wrote; `length` names the column that holds each row's length."""
+
+    def __init__(self, folder: Folder, split: str, schema: pa.Schema, shard_size: int, prefix: str = "part",
+                 length: str = "length"):
+        self.folder, self.split = folder, split
+        folder.make_dir(split)
+        self.schema, self.shard_size, self.prefix, self.length = schema, shard_size, prefix, length
         self.buffer: dict[str, list] = {name: [] for name in schema.names}
-        self.shards: list[str] = []
-        self.rows = 0
+        self.summary = SplitSummary()
+
+    @property
+    def rows(self) -> int:
+        return self.summary.sequences
+
+    @property
+    def shards(self) -> list[str]:
+        return self.summary.shards
 
     def add(self, **row) -> None:
         for name, column in self.buffer.items():
             column.append(row[name])
-        self.rows += 1
+        self.summary.sequences += 1
+        self.summary.steps += row[self.length]
+        self.summary.max_steps = max(self.summary.max_steps, row[self.length])
         if len(next(iter(self.buffer.values()))) >= self.shard_size:
             self.flush()
 
     def flush(self) -> None:
         if not next(iter(self.buffer.values())):
             return
-        name = f"part-{len(self.shards):05d}.parquet"
-        pq.write_table(pa.table(self.buffer, schema=self.schema), self.dir / name)
-        self.shards.append(f"{self.dir.name}/{name}")
+        name = f"{self.split}/{self.prefix}-{len(self.shards):05d}.parquet"
+        self.folder.write_table(name, pa.table(self.buffer, schema=self.schema))
+        self.shards.append(name)
         self.buffer = {name: [] for name in self.schema.names}
 
 
@@ -115,30 +183,31 @@ def absolute_location(location: str | Path) -> str:
 
 @contextlib.contextmanager
 def atomic_output(out: str | Path, overwrite: bool):
-    """Yield a fresh local temporary folder; on success it replaces `out` in one rename (local) or is uploaded
-    to `out` with its manifest last (any other filesystem, see `_upload`).
+    """Yield a fresh staging `Folder`; on success it replaces `out`: by one rename when local, and on any other
+    filesystem by moving its files into place with the manifest last (see `_publish`). The staging folder is a
+    temporary folder beside `out`, on the same filesystem, so tasks on any node of a cluster can write into it
+    when `out` is remote.
 
-    On any failure before that the temporary folder is removed and `out` is left exactly as it was.
+    On any failure before that the staging folder is removed and `out` is left exactly as it was.
     """
     filesystem, root = resolve(out)
     if not isinstance(filesystem, pafs.LocalFileSystem):
         if not root.strip("/"):
             raise SeqlvmError(f"{out}: name a folder (bucket/prefix), not the root of the filesystem")
+        staging = Folder(filesystem, f"{root}.staging-{uuid.uuid4().hex[:12]}")
         try:
             if not overwrite and _holds_something(filesystem, root):
                 raise SeqlvmError(f"{out}: already exists and holds something else; pass --overwrite to replace it")
-            probe = f"{root}/.{MANIFEST}.tmp"  # fail now, not after preparing: a missing bucket, no permission
-            with filesystem.open_output_stream(probe):
-                pass
-            filesystem.delete_file(probe)
+            staging.write_bytes(f".{MANIFEST}.tmp", b"")  # fail now, not after preparing: no bucket, no permission
+            filesystem.delete_file(staging.file(f".{MANIFEST}.tmp"))
         except (OSError, pa.ArrowException) as exc:
             raise SeqlvmError(f"{out}: cannot write there ({_first_line(exc)})") from None
-        with tempfile.TemporaryDirectory(prefix="seqlvm-prepare-") as tmp:
-            folder = Path(tmp) / "dataset"
-            folder.mkdir()
-            yield folder
-            (folder / MANIFEST).rename(Path(tmp) / MANIFEST)
-            _upload(folder, Path(tmp) / MANIFEST, filesystem, root, out)
+        try:
+            yield staging
+            _publish(staging, root, out)
+        finally:
+            with contextlib.suppress(OSError, pa.ArrowException):
+                filesystem.delete_dir(staging.path)
         return
     out = Path(root)
     if out.exists() and not overwrite:
@@ -148,7 +217,7 @@ def atomic_output(out: str | Path, overwrite: bool):
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
-        yield tmp
+        yield Folder.local(tmp)
         old = None
         if out.exists():
             old = out.parent / f".{out.name}.old-{os.getpid()}"
@@ -176,22 +245,31 @@ def _remove_dataset(filesystem: pafs.FileSystem, root: str) -> None:
         filesystem.delete_dir_contents(root, missing_dir_ok=True)
 
 
-def _upload(folder: Path, manifest: Path, filesystem: pafs.FileSystem, root: str, out: str | Path) -> None:
-    """Replace whatever is at `root` (manifest first, so readers find no dataset rather than a half-replaced
-    one) by the shards and vocabulary in `folder`, then the manifest, written beside and moved into place (one
-    atomic object on S3 and GCS). On failure what was uploaded is removed, manifest first."""
-    local = pafs.LocalFileSystem()
+def _publish(staging: Folder, root: str, out: str | Path) -> None:
+    """Replace whatever is at `root` (manifest first, so readers find no dataset rather than a half-replaced one)
+    by the files in `staging`, then its manifest (one atomic object on S3 and GCS). On failure what was moved is
+    removed, manifest first."""
+    filesystem = staging.filesystem
     try:
+        manifest = filesystem.get_file_info(staging.file(MANIFEST))
+        if manifest.type != pafs.FileType.File:
+            raise SeqlvmError(f"{out}: the preparation wrote no {MANIFEST}")
         _remove_dataset(filesystem, root)
-        pafs.copy_files(str(folder), root, source_filesystem=local, destination_filesystem=filesystem)
-        pafs.copy_files(str(manifest), f"{root}/.{MANIFEST}.tmp", source_filesystem=local,
-                        destination_filesystem=filesystem)
-        filesystem.move(f"{root}/.{MANIFEST}.tmp", f"{root}/{MANIFEST}")
+        for info in filesystem.get_file_info(pafs.FileSelector(staging.path, recursive=True)):
+            name = info.path[len(staging.path) + 1:]
+            if info.type == pafs.FileType.File and name != MANIFEST:
+                filesystem.move(info.path, f"{root}/{name}")
+        filesystem.move(staging.file(MANIFEST), f"{root}/{MANIFEST}")
     except (OSError, pa.ArrowException) as exc:
         with contextlib.suppress(OSError, pa.ArrowException):
             _remove_dataset(filesystem, root)
         raise SeqlvmError(f"{out}: upload failed, no dataset left there ({_first_line(exc)})") from None
 
 
-def write_manifest(root: Path, manifest: dict) -> None:
-    (root / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True))
+def check_shards_present(folder: Folder, splits: dict[str, SplitSummary]) -> None:
+    """Refuse to publish a dataset whose tasks wrote shards the driver cannot see: on a cluster, a local --out on
+    a filesystem the other nodes do not share."""
+    missing = folder.missing([shard for split in splits.values() for shard in split.shards])
+    if missing:
+        raise SeqlvmError(f"{len(missing)} shards the tasks wrote (first: {missing[0]}) are not in the output folder: "
+                          "tasks ran on nodes that do not share it; give --out a path every node mounts, or a URI")

@@ -42,6 +42,15 @@ class Layout:
     column: str = "ids"
     frame_dim: int | None = None
 
+    @property
+    def length_column(self) -> str:
+        """The int32 column holding each row's length: tokens (text) or time steps (frames)."""
+        return "length" if self.frame_dim is None else "steps"
+
+    def padded(self, lengths: np.ndarray) -> np.ndarray:
+        """Each row's length in its batch: text gains <s> or </s> (`collate`), frames are as long as they are."""
+        return lengths.astype(np.int64) + (1 if self.frame_dim is None else 0)
+
     def decode(self, value) -> np.ndarray:
         if self.frame_dim is None:
             return np.asarray(value, dtype=np.int64)

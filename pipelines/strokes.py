@@ -26,8 +26,9 @@ import importlib.util
 import re
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Iterator
 
 import numpy as np
 
@@ -35,6 +36,7 @@ from pipelines.errors import SeqlvmError
 from pipelines.frames import (ErrorPolicy, Example, FrameOptions, Standardise, denormalise, files_fingerprint,
                               write_frame_dataset)
 from pipelines.modalities import MODALITIES
+from pipelines.work import InProcess
 
 FRAME_DIM = 3
 BUILTIN = {
@@ -282,6 +284,18 @@ def read_lasa_demos(path: Path) -> list[Stroke]:
     return strokes
 
 
+def lasa_demo_count(path: Path) -> int:
+    """How many demonstrations a LASA file holds, from its header (the data is not read); 0 if unreadable (its
+    task reports it)."""
+    from scipy.io import whosmat
+
+    try:
+        shapes = dict((name, shape) for name, shape, _ in whosmat(path))
+    except Exception:  # scipy raises many types for corrupt .mat files
+        return 0
+    return int(np.prod(shapes.get("demos", (0,))))
+
+
 # --- sources ---
 
 @dataclass
@@ -320,59 +334,85 @@ class StrokeSource:
             return self.files[:max_items]
         return self.files
 
-    def read(self, path: Path, spacing: float) -> list[Stroke]:
-        """The strokes of one file (LASA: one stroke per demonstration); a one-line error if unreadable."""
-        try:
-            if self.kind == "lasa":
-                return read_lasa_demos(path)
-            return read_kanji_strokes(path, spacing) if self.kind == "kanjivg" else read_iam_strokes(path)
-        except OSError as exc:
-            raise ValueError(f"cannot read ({exc.strerror or exc})") from None
-
-    def items(self, policy: ErrorPolicy, max_items: int, spacing: float) -> Iterator[tuple[str, list[Stroke]]]:
-        """(split key, strokes) per line, character or demonstration; unreadable files go to `policy`."""
-        count = 0
-        for path in self.selected_files(max_items):
-            try:
-                strokes = self.read(path, spacing)
-            except ValueError as exc:
-                policy.failed(path, str(exc))
-                continue
-            if self.kind == "lasa":
-                for index, demo in enumerate(strokes):
-                    if max_items and count >= max_items:
-                        return
-                    count += 1
-                    yield f"{path.stem}/{index}", [demo]
-            else:
-                yield (path.stem if self.kind == "kanjivg" else form_of(path, self.root)), strokes
+    def items(self, max_items: int) -> list["StrokeFile"]:
+        """One item per file read. LASA's `max_items` counts demonstrations across files, so the number kept of
+        each file is settled here, from the files' headers, and each file's task reads its own alone."""
+        if self.kind != "lasa":
+            return [StrokeFile(self.kind, path, path.stem if self.kind == "kanjivg" else form_of(path, self.root))
+                    for path in self.selected_files(max_items)]
+        if not max_items:
+            return [StrokeFile(self.kind, path, path.stem) for path in self.files]
+        items, left = [], max_items
+        for path in self.files:
+            if left <= 0:
+                break
+            kept = min(left, lasa_demo_count(path))
+            left -= kept
+            items.append(StrokeFile(self.kind, path, path.stem, demos=kept))
+        return items
 
 
-def _examples(source: StrokeSource, options: StrokeOptions) -> Callable[[ErrorPolicy], Iterator[Example]]:
-    def examples(policy: ErrorPolicy) -> Iterator[Example]:
-        for key, strokes in source.items(policy, options.max_items, options.path_spacing):
-            frames = strokes_to_frames([subsample(s, options.point_step) for s in strokes])
-            if not len(frames):  # a single point: no offset to model
-                continue
-            for piece in chunk(frames, options.max_steps):
-                yield Example(key, piece)
-    return examples
+@dataclass(frozen=True)
+class StrokeFile:
+    """One item of a stroke corpus: a file of one line (IAM-OnDB), one character (KanjiVG) or one shape's
+    demonstrations (LASA), and the split key of its sequences (LASA: each demonstration's is `key/<number>`)."""
+    kind: str  # iam | kanjivg | lasa
+    path: Path
+    key: str
+    demos: int | None = None  # LASA: how many of the file's demonstrations to keep, from the first; None = all
+
+
+def read_strokes(kind: str, path: Path, spacing: float) -> list[Stroke]:
+    """The strokes of one file (LASA: one stroke per demonstration); a one-line ValueError if unreadable."""
+    try:
+        if kind == "lasa":
+            return read_lasa_demos(path)
+        return read_kanji_strokes(path, spacing) if kind == "kanjivg" else read_iam_strokes(path)
+    except OSError as exc:
+        raise ValueError(f"cannot read ({exc.strerror or exc})") from None
+
+
+def _keyed_sequences(item: StrokeFile, strokes: list[Stroke]) -> Iterator[tuple[str, list[Stroke]]]:
+    """(split key, strokes) per line, character or demonstration of one file."""
+    if item.kind == "lasa":
+        for index, demo in enumerate(strokes[:item.demos]):
+            yield f"{item.key}/{index}", [demo]
+    else:
+        yield item.key, strokes
+
+
+def read_stroke_file(options: StrokeOptions, item: StrokeFile, policy: ErrorPolicy, tally) -> Iterator[Example]:
+    """The (dx, dy, pen_up) sequences of one file, cut to `max_steps`; an unreadable file goes to `policy`."""
+    try:
+        strokes = read_strokes(item.kind, item.path, options.path_spacing)
+    except ValueError as exc:
+        policy.failed(item.path, str(exc))
+        return
+    for key, sequence in _keyed_sequences(item, strokes):
+        frames = strokes_to_frames([subsample(s, options.point_step) for s in sequence])
+        if not len(frames):  # a single point: no offset to model
+            continue
+        for piece in chunk(frames, options.max_steps):
+            yield Example(key, piece)
 
 
 def prepare_strokes(spec: str, out: str | Path, options: StrokeOptions, overwrite: bool = False,
-                    console=None) -> dict:
+                    console=None, work=InProcess()) -> dict:
     """Prepare the handwriting at `spec` (an IAM-OnDB file or folder, `builtin:kanjivg`, `builtin:lasa`) into
-    `out`. Returns the data_info; a no-op when `out` already holds this exact input."""
+    `out`, one `work` task per pack of files. Returns the manifest; a no-op when `out` already holds this exact
+    input."""
     options.validate()
     source = StrokeSource.open(spec)
     if options.point_step == 0:
         options = replace(options, point_step=DEFAULT_POINT_STEP[source.kind])
     fingerprint = files_fingerprint(source.selected_files(options.max_items), options, extra=spec)
     render = {**source.render_info(), "point_step": options.point_step}
+    items = source.items(options.max_items)
     return write_frame_dataset(
-        out, _examples(source, options), modality="strokes", frame_dim=FRAME_DIM, source=spec,
+        out, items, partial(read_stroke_file, options), modality="strokes", frame_dim=FRAME_DIM, source=spec,
         fingerprint=fingerprint, options=options, output=MODALITIES["strokes"].output, render=render,
-        standardise=Standardise(dims=[0, 1]), overwrite=overwrite, console=console)
+        standardise=Standardise(dims=[0, 1]), sizes=[item.path.stat().st_size for item in items],
+        overwrite=overwrite, console=console, work=work)
 
 
 def render_strokes(frames: np.ndarray, data_info: dict, out_dir: str | Path, stem: str) -> list[Path]:

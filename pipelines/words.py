@@ -36,10 +36,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipelines.errors import SeqlvmError
-from pipelines.shards import (SPLITS, ShardWriter, atomic_output, is_up_to_date, read_dataset_file, read_manifest,
-                              split_of, write_manifest)
+from pipelines.manifest import write_manifest
+from pipelines.shards import (SPLITS, Folder, ShardWriter, SplitSummary, atomic_output, is_up_to_date,
+                              read_dataset_file, read_manifest, split_of)
 from pipelines.text import TEXT_SCHEMA
 from pipelines.vocab import SPECIALS, VOCAB_FILE, Vocab
+from pipelines.work import InProcess
 
 FORMAT = "seqlvm-words/1"
 SOURCE = "wordfreq:en"
@@ -166,30 +168,37 @@ def fingerprint(options: WordOptions, source: Path) -> str:
     return digest.hexdigest()
 
 
-def write_split(root: Path, split: str, rows: np.ndarray, type_ids: list[list[int]], shard_size: int) -> dict:
-    writer = ShardWriter(root, split, TEXT_SCHEMA, shard_size)
+def write_split(folder: Folder, split: str, rows: np.ndarray, type_ids: list[list[int]],
+                shard_size: int) -> SplitSummary:
+    writer = ShardWriter(folder, split, TEXT_SCHEMA, shard_size)
     for index in rows:
         writer.add(ids=type_ids[index], length=len(type_ids[index]))
     writer.flush()
-    return {"sequences": writer.rows, "steps": int(sum(len(type_ids[i]) for i in rows)), "unknown_steps": 0,
-            "shards": writer.shards}
+    return writer.summary
 
 
-def prepare_words(source: str, out: str | Path, options: WordOptions, overwrite: bool = False, console=None) -> dict:
-    """Prepare the words task from `source` (wordfreq:en) into `out`. Returns the manifest; a no-op when `out`
-    already holds it."""
-    if source != SOURCE:
-        raise SeqlvmError(f"{source}: unknown word-frequency source (available: {SOURCE})")
-    options.validate()
-    source = wordlist_path()
-    digest = fingerprint(options, source)
-    if is_up_to_date(out, digest):
-        if console:
-            console.print(f"{out}: already prepared from this input with these options; nothing to do")
-        return read_manifest(out)
+@dataclass(frozen=True)
+class WordsTask:
+    """The one task of the words task's preparation: where to write, from which word list, with which options."""
+    folder: Folder
+    source: Path
+    options: WordOptions
 
-    started = time.time()
-    words, probs = word_distribution(read_frequencies(source), options)
+
+@dataclass
+class WordsWritten:
+    """What the task wrote, for the manifest."""
+    splits: dict[str, SplitSummary]
+    vocab_size: int
+    word_types: int
+    test_only_types: int
+    entropy_nats: dict[str, float]
+
+
+def write_words(task: WordsTask) -> WordsWritten:
+    """Draw the rows and write the splits, the character vocabulary and the word table into `task.folder`."""
+    options, folder = task.options, task.folder
+    words, probs = word_distribution(read_frequencies(task.source), options)
     test_only = held_out_types(words, options)
     if test_only.all():
         raise SeqlvmError(f"--split vocab put all {len(words)} word types in test; raise --vocab-size")
@@ -199,20 +208,35 @@ def prepare_words(source: str, out: str | Path, options: WordOptions, overwrite:
         raise SeqlvmError(f"--corpus-tokens {options.corpus_tokens} left a split without rows; raise it")
     vocab = char_vocab()
     type_ids = [vocab.encode(list(w)) for w in words]
+    splits = {s: write_split(folder, s, rows[s], type_ids, options.shard_size) for s in SPLITS}
+    folder.write_bytes(VOCAB_FILE, vocab.to_json())
+    folder.write_table(WORDS_FILE, pa.table({"word": words, "p_train": p_train, "p_test": p_test},
+                                            schema=WORDS_SCHEMA))
+    return WordsWritten(splits, len(vocab), len(words), int(test_only.sum()),
+                        {"train": entropy(p_train), "test": entropy(p_test)})
+
+
+def prepare_words(source: str, out: str | Path, options: WordOptions, overwrite: bool = False, console=None,
+                  work=InProcess()) -> dict:
+    """Prepare the words task from `source` (wordfreq:en) into `out`, as one `work` task. Returns the manifest; a
+    no-op when `out` already holds it."""
+    if source != SOURCE:
+        raise SeqlvmError(f"{source}: unknown word-frequency source (available: {SOURCE})")
+    options.validate()
+    wordlist = wordlist_path()
+    digest = fingerprint(options, wordlist)
+    if is_up_to_date(out, digest):
+        if console:
+            console.print(f"{out}: already prepared from this input with these options; nothing to do")
+        return read_manifest(out)
+
+    started = time.time()
     with atomic_output(out, overwrite) as tmp:
-        splits = {s: write_split(tmp, s, rows[s], type_ids, options.shard_size) for s in SPLITS}
-        vocab.save(tmp / VOCAB_FILE)
-        pq.write_table(pa.table({"word": words, "p_train": p_train, "p_test": p_test}, schema=WORDS_SCHEMA),
-                       tmp / WORDS_FILE)
-        manifest = {
-            "format": FORMAT, "modality": "text", "unit": "char", "task": "words", "source": SOURCE,
-            "fingerprint": digest, "options": asdict(options), "vocab_size": len(vocab),
-            "word_types": len(words), "test_only_types": int(test_only.sum()),
-            "entropy_nats": {"train": entropy(p_train), "test": entropy(p_test)},
-            "splits": splits, "seconds": round(time.time() - started, 1),
-        }
-        write_manifest(tmp, manifest)
-    return manifest
+        [(_, written)] = work.map(write_words, [WordsTask(tmp, wordlist, options)])
+        return write_manifest(tmp, format=FORMAT, modality="text", source=SOURCE, fingerprint=digest,
+                              options=options, splits=written.splits, started=started, unit="char", task="words",
+                              vocab_size=written.vocab_size, word_types=written.word_types,
+                              test_only_types=written.test_only_types, entropy_nats=written.entropy_nats)
 
 
 def read_words(data_dir: str | Path) -> pa.Table:

@@ -18,9 +18,12 @@ import urllib.error
 from collections import Counter
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 from conftest import committed_checkpoint, run_without_checkout, wait_for
 
+from pipelines.dataset import PreparedDataset
+from pipelines.epochs import Batching, EpochPlanner
 from seqlvm import tracking
 from seqlvm.cluster import local_cluster
 from seqlvm.cluster.local_cluster import dashboard_json
@@ -94,7 +97,8 @@ def test_servers_bind_loopback_and_the_jobs_api_needs_the_token(cluster):
 
 def test_jobs_by_cli_and_by_hand_and_a_killed_train_worker(cluster, shakespeare, tmp_path):
     """Two jobs at once: a short run sent with `ray job submit` by hand, and a 2-worker run sent with `seqlvm
-    submit` whose worker is killed by PID after its first committed checkpoint."""
+    submit` whose worker is killed by PID after its first committed checkpoint. The killed run logs its batches
+    (`train.batch_log`): after the restart each worker continues its epoch at its next unseen batch."""
     by_hand = subprocess.Popen(
         [local_cluster.executable("ray"), "job", "submit", "--address", cluster.dashboard_url, "--working-dir",
          str(REPO), "--submission-id", "by-hand", "--", sys.executable, "-m", "seqlvm.cli", "train", "--data",
@@ -104,7 +108,7 @@ def test_jobs_by_cli_and_by_hand_and_a_killed_train_worker(cluster, shakespeare,
     max_steps = 240
     submitted = seqlvm(cluster, "submit", "--submission-id", "fault", "--", "seqlvm", "train", "--data",
                        str(shakespeare), "--workers", "2", "--max-steps", str(max_steps), "--workdir",
-                       str(tmp_path / "fault"), "--name", "fault", *TINY)
+                       str(tmp_path / "fault"), "--name", "fault", *TINY, "train.batch_log=true")
     assert submitted.returncode == 0, submitted.stderr
     assert "submitted job fault" in submitted.stdout
 
@@ -145,6 +149,8 @@ def test_jobs_by_cli_and_by_hand_and_a_killed_train_worker(cluster, shakespeare,
         assert max(Counter(steps).values()) == 1, f"{key}: a step logged twice"
         assert sorted(steps) == list(range(every, max_steps + 1, every)), f"{key}: a step lost"
     assert {a.path for a in client.list_artifacts(run.info.run_id)} >= {"checkpoint", "figures"}
+    assert_exact_resume(shakespeare, tmp_path / "fault" / "logs" / "fault.batches.jsonl", int(resumed_from),
+                        max_steps)
 
     output, _ = by_hand.communicate(timeout=600)
     assert by_hand.returncode == 0, output[-3000:]
@@ -158,6 +164,37 @@ def test_jobs_by_cli_and_by_hand_and_a_killed_train_worker(cluster, shakespeare,
     assert listed.returncode == 0 and "by-hand" in listed.stdout and "SUCCEEDED" in listed.stdout
     missing = seqlvm(cluster, "jobs", "status", "no-such-job")
     assert missing.returncode == 2 and missing.stderr.count("\n") == 1 and "no-such-job" in missing.stderr
+
+
+def assert_exact_resume(data: Path, batch_log: Path, resumed_from: int, max_steps: int) -> None:
+    """The batches each worker trained on, from the batch log: those of the steps up to the checkpoint, then those
+    the restarted workers took, are exactly the epoch plan's first `max_steps` batches of that worker: no batch
+    after the checkpoint repeats one before it, and none is lost."""
+    lines = [json.loads(line) for line in batch_log.read_text().splitlines()]
+    before = [line for line in lines if line["step"] <= resumed_from]
+    # lines the killed attempt wrote after its checkpoint are of steps the restarted workers took again
+    first_attempt = {line["pid"] for line in before}
+    after = [line for line in lines if line["step"] > resumed_from and line["pid"] not in first_attempt]
+    assert after, "no batches logged after the restart"
+    taken = Counter((line["rank"], line["step"]) for line in before + after)
+    assert set(taken) == {(rank, step) for rank in (0, 1) for step in range(1, max_steps + 1)}
+    assert max(taken.values()) == 1
+    assert {line["epoch"] for line in before + after} == {0}  # 240 steps are within the first epoch
+    planner = EpochPlanner(PreparedDataset.open(data).padded_lengths("train"), Batching(16, 20), 2)
+    plan = planner.plan(0)
+    every_row = sorted((s, r) for s, lengths in enumerate(planner.lengths) for r in range(len(lengths)))
+    for rank in (0, 1):
+        planned = [[[window.shard, window.start + int(i)] for i in batch] for window, _ in
+                   plan.remaining(rank, 0, planner.counts) for batch in planner.batches(window, 0)]
+        logged = sorted((line for line in before + after if line["rank"] == rank), key=lambda line: line["step"])
+        assert [line["rows"] for line in logged] == planned[:max_steps]
+        seen_before = {tuple(row) for line in logged if line["step"] <= resumed_from for row in line["rows"]}
+        assert not seen_before & {tuple(row) for line in logged if line["step"] > resumed_from
+                                  for row in line["rows"]}
+    # the rest of the plan holds the epoch's other sequences: every one once
+    assert sorted(tuple(row) for rank in (0, 1) for window, _ in plan.remaining(rank, 0, planner.counts)
+                  for batch in planner.batches(window, 0)
+                  for row in [(window.shard, window.start + int(i)) for i in batch]) == every_row
 
 
 def test_a_job_runs_the_code_it_carries_not_the_folder_it_starts_in(cluster):
@@ -233,3 +270,20 @@ def test_a_run_beyond_the_reported_maximum_is_refused_on_the_cluster(cluster, sh
         "seqlvm: error: 4 workers x 2 CPU need 8 CPU, but this cluster's autoscaler grows it to at most 6 CPU; "
         "lower --workers or --cpus-per-worker"), refused.stderr
     assert not (tmp_path / "runs" / "ray").exists()
+
+
+def test_preparation_on_the_cluster_gives_the_dataset_of_one_process(cluster, shakespeare, tmp_path):
+    """`seqlvm prepare --address` runs its tasks on the cluster's nodes and writes the dataset the session's
+    in-process preparation wrote from the same input and options."""
+    out = tmp_path / "prepared-on-cluster"
+    done = seqlvm(cluster, "prepare", "text", "--source", "builtin:shakespeare", "--out", str(out),
+                  "--vocab-size", "2000", "--max-length", "30", "--address", cluster.gcs_address)
+    assert done.returncode == 0, done.stderr[-3000:]
+    on_cluster, local = (json.loads((root / "manifest.json").read_text()) for root in (out, shakespeare))
+    assert (out / "vocab.json").read_bytes() == (shakespeare / "vocab.json").read_bytes()
+    assert on_cluster["splits"] == local["splits"] and on_cluster["fingerprint"] == local["fingerprint"]
+    for shard in local["splits"]["train"]["shards"]:
+        assert pq.read_table(out / shard).equals(pq.read_table(shakespeare / shard))
+    tasks = dashboard_json(cluster, "/api/v0/tasks?limit=10000&detail=true")["data"]["result"]["result"]
+    nodes = {task["node_id"] for task in tasks if "Map(task)" in task.get("name", "") and task.get("node_id")}
+    assert len(nodes) == 2, "the preparation's tasks ran on both of the cluster's nodes"

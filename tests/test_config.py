@@ -154,3 +154,21 @@ def test_a_sweep_varies_the_spec_with_checked_values_and_checkpoints_round_trip_
     with pytest.raises(SeqlvmError, match="unknown config key 'train.nope'"):
         run.with_values({"train.nope": 1})
     assert RunSpec.from_dict(varied.to_dict()) == varied
+
+
+def test_a_token_budget_is_checked_by_the_config_and_against_the_data_before_ray(tmp_path, shakespeare):
+    assert RunSpec.build(None).train.max_tokens is None  # batches of batch_size sequences, as before
+    assert RunSpec.build(None, ["train.max_tokens=400"]).train.max_tokens == 400
+    with pytest.raises(SeqlvmError, match=r"^overrides: train.max_tokens: 0 is not a positive integer$"):
+        RunSpec.build(None, ["train.max_tokens=0"])
+    with pytest.raises(SeqlvmError, match=r"^overrides: train.max_tokens must be at least 2 \(one word and its "
+                                          r"</s>\), not 1$"):
+        RunSpec.build(None, ["train.max_tokens=1"])
+    from seqlvm.training import TrainRequest, prepare_run
+    # the fixture keeps sentences of up to 30 words: 31 steps padded
+    with pytest.raises(SeqlvmError) as refused:
+        prepare_run(TrainRequest(data_dir=str(shakespeare), overrides=["train.max_tokens=30"]))
+    assert str(refused.value) == ("train.max_tokens=30 is smaller than the longest training sequence (31 steps "
+                                  "padded); raise it to at least 31")
+    _, spec = prepare_run(TrainRequest(data_dir=str(shakespeare), overrides=["train.max_tokens=31"]))
+    assert spec.train.max_tokens == 31

@@ -15,13 +15,14 @@ import pytest
 from rich.console import Console
 
 from pipelines.dataset import PreparedDataset
+from pipelines.epoch_reading import ShardsInMemory, StreamedWindows, epoch_batches
+from pipelines.epochs import Batching, EpochPlanner
 from pipelines.errors import SeqlvmError
 from pipelines.shards import read_manifest, resolve
-from pipelines.stream import ray_batches
 from pipelines.text import TextOptions, prepare_text
 from pipelines.vocab import Vocab
+from pipelines.work import OnRay
 from seqlvm.training import TrainRequest, prepare_run
-from seqlvm.training.data import training_dataset
 from seqlvm.training.evaluate import check_same_kind_of_data
 from tests.conftest import SMALL_CORPUS, write_corpus
 
@@ -183,20 +184,70 @@ def test_s3_locations_that_hold_no_dataset(s3_env, corpus):
     manifest = prepare_text(str(corpus), uri, TextOptions(**OPTIONS))
     filesystem, root = resolve(uri)
     filesystem.delete_file(f"{root}/{manifest['splits']['train']['shards'][0]}")
-    with pytest.raises(SeqlvmError, match=f"^{uri}: cannot read the shard .*part-00000.parquet"):
+    with pytest.raises(SeqlvmError, match=f"^{uri}: cannot read the shard .*part-00000-00000.parquet"):
         PreparedDataset.open(uri).read("train")
 
 
 @pytest.mark.ray
 @pytest.mark.timeout(120)
 def test_ray_data_streams_from_s3(ray_session, s3_endpoint, tmp_path, corpus):
-    """Ray's read tasks run in worker processes started without any AWS variables: the filesystem handed to
+    """A worker's windows streamed by Ray Data from S3 give the batches read into memory. Ray's read tasks run in
+    worker processes started without any AWS variables: the filesystem handed to
     them carries the endpoint and the credentials of the URI."""
+    ray = ray_session
     uri = (f"s3://test:test@{BUCKET}/streamed?endpoint_override={s3_endpoint}&region=us-east-1")
     manifest = prepare_text(str(corpus), uri, TextOptions(**OPTIONS))
     dataset = PreparedDataset.open(uri)
     assert dataset.ray_dataset("valid").count() == manifest["splits"]["valid"]["sequences"]
-    # the path of a corpus too large to materialise, split as Train splits it
-    [shard] = training_dataset(dataset, materialise_bytes=0).streaming_split(1, equal=True)
-    rows = sum(int(b["lengths"].shape[0]) for b in ray_batches(shard, batch_size=4, bucket_factor=2, shuffle_buffer=8))
+    # the path of a training split too large for memory: each worker streams its windows of the epoch plan
+    # through Ray Data (in its own process, as a Train worker would); the batches are those read from memory
+    planner = EpochPlanner(dataset.padded_lengths("train"), Batching(2, 2), 2)
+    plan = planner.plan(1)
+    assert len(planner.windows) > 2 and len(dataset.splits["train"].shards) > 1
+
+    @ray.remote(num_cpus=0.5)
+    def streamed(rank: int, steps_taken: int) -> list:
+        source = StreamedWindows(dataset, window_bytes=64, execution_windows=2)  # several executions an epoch
+        return [(b.shard, b.rows.tolist(), {k: v.tolist() for k, v in b.tensors.items()})
+                for b in epoch_batches(planner, plan, rank, steps_taken, source, dataset.layout)]
+
+    in_memory = ShardsInMemory(dataset)
+    rows = 0
+    for rank, steps_taken in ((0, 0), (1, 0), (1, 3)):
+        want = [(b.shard, b.rows.tolist(), {k: v.tolist() for k, v in b.tensors.items()})
+                for b in epoch_batches(planner, plan, rank, steps_taken, in_memory, dataset.layout)]
+        assert ray.get(streamed.remote(rank, steps_taken)) == want
+        rows += sum(len(r) for _, r, _ in want) if steps_taken == 0 else 0
     assert rows == manifest["splits"]["train"]["sequences"] == len(dataset.read("train"))
+
+
+def test_text_sources_on_s3_are_read_in_place_in_ranges(s3_env, tmp_path, monkeypatch):
+    folder = tmp_path / "sources"
+    for name, sentences in (("a.txt", SMALL_CORPUS), ("nested/b.txt", SMALL_CORPUS[::-1] * 2)):
+        write_corpus(folder / name, sentences)
+    filesystem, root = resolve(f"s3://{BUCKET}/sources")
+    pafs.copy_files(str(folder), root, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=filesystem)
+    monkeypatch.setattr("pipelines.text_sources.RANGE_BYTES", 500)
+    remote = prepare_text(f"s3://{BUCKET}/sources", tmp_path / "from-s3", TextOptions(**OPTIONS))
+    local = prepare_text(str(folder), tmp_path / "from-disk", TextOptions(**OPTIONS))
+    assert remote["packs"] == local["packs"] > 2
+    assert remote["splits"] == local["splits"]
+    assert Vocab.of_dataset(tmp_path / "from-s3").words == Vocab.of_dataset(tmp_path / "from-disk").words
+    for split in ("train", "valid", "test"):
+        got, want = (PreparedDataset.open(tmp_path / name).read(split) for name in ("from-s3", "from-disk"))
+        assert len(got) == len(want) > 0 and all(np.array_equal(a, b) for a, b in zip(got, want))
+
+
+def test_ray_tasks_write_a_dataset_to_s3_through_a_staging_prefix(ray_session, s3_endpoint, tmp_path, corpus):
+    """Tasks in worker processes started without AWS variables write their shards to S3 (the staging folder they
+    are handed carries the endpoint and credentials), and the dataset is the one written in this process."""
+    uri = f"s3://test:test@{BUCKET}/from-tasks?endpoint_override={s3_endpoint}&region=us-east-1"
+    on_ray = prepare_text(str(corpus), uri, TextOptions(**OPTIONS), work=OnRay())
+    local = prepare_text(str(corpus), tmp_path / "local", TextOptions(**OPTIONS))
+    assert on_ray["splits"] == local["splits"] and len(on_ray["splits"]["train"]["shards"]) > 1
+    same_data(uri, tmp_path / "local")
+    filesystem, root = resolve(uri)
+    shards = [s for split in on_ray["splits"].values() for s in split["shards"]]
+    assert listing(uri) == sorted(["manifest.json", "vocab.json", *shards])
+    bucket = filesystem.get_file_info(pafs.FileSelector(BUCKET, recursive=True))
+    assert not [info.path for info in bucket if ".staging-" in info.path], "the staging prefix is removed"

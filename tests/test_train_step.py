@@ -127,6 +127,24 @@ class TestTakeStep:
         assert result.failure is None and result.totals["recon"].item() == 1.0
         assert model.weight.item() == pytest.approx(1.0 - 0.1 * 2.0)
 
+    @pytest.mark.parametrize("loss_scale", [0.0, 2.0])
+    def test_the_gradient_is_the_loss_scaled_by_the_workers_share(self, loss_scale):
+        """A worker without a batch of its own steps with weight 0; with 2 workers of which one has data, the
+        other's loss counts twice, so DDP's average of the two gradients is that worker's own."""
+        model = Squares()
+        result = take_step(model, torch.optim.SGD(model.parameters(), lr=0.1), self.batch, 1.0, self.cfg,
+                           torch.device("cpu"), loss_scale=loss_scale)
+        assert result.failure is None and result.totals["recon"].item() == 1.0
+        assert model.weight.item() == pytest.approx(1.0 - 0.1 * 2.0 * loss_scale)
+
+    def test_a_step_without_data_of_its_own_is_finite_whatever_its_stand_in_batch_gives(self):
+        model = Squares()
+        model.weight.data.fill_(float("nan"))
+        result = take_step(model, torch.optim.SGD(model.parameters(), lr=0.1), self.batch, 1.0, self.cfg,
+                           torch.device("cpu"), loss_scale=0.0)
+        assert result.failure is None and result.totals is not None  # taken, not skipped
+        assert model.weight.grad.item() == 0.0
+
     @pytest.mark.parametrize("fault, cause", [
         ("forward", "ValueError: hidden_size must be greater than zero"),
         ("backward in place", "RuntimeError: one of the variables needed for gradient computation has been "

@@ -3,10 +3,12 @@ field of its options."""
 from __future__ import annotations
 
 import argparse
+import logging
 from dataclasses import fields
 
 from rich.table import Table
 
+from pipelines.errors import SeqlvmError
 from pipelines.handlers import PREPARERS
 from seqlvm.cli.output import console, out
 
@@ -32,6 +34,10 @@ def add_parsers(sub) -> None:
         parser.add_argument("--source", required=True, help=preparer.sources)
         parser.add_argument("--out", required=True, help="output folder (replaced atomically)")
         parser.add_argument("--overwrite", action="store_true", help="replace an existing dataset prepared differently")
+        where = parser.add_mutually_exclusive_group()
+        where.add_argument("--address", help="run the preparation as Ray Data tasks on the Ray cluster at this address "
+                           "(HOST:PORT of its GCS, or auto); --out must then be a URI or a path every node mounts")
+        where.add_argument("--cpus", type=int, help="run it as Ray Data tasks on a local Ray with this many CPUs")
         _add_options_flags(parser, preparer.load()[0])
 
 
@@ -40,7 +46,7 @@ def cmd_prepare(args) -> None:
 
     options_class, prepare = PREPARERS[args.modality].load()
     options = options_class(**{f.name: getattr(args, f.name) for f in fields(options_class)})
-    prepare(args.source, args.out, options, overwrite=args.overwrite, console=console)
+    prepare(args.source, args.out, options, overwrite=args.overwrite, console=console, work=_work(args))
     dataset = PreparedDataset.open(args.out)
     if dataset.is_text:
         title = f"{args.out}  ({dataset.source}, vocabulary {len(dataset.vocab):,})"
@@ -56,6 +62,25 @@ def cmd_prepare(args) -> None:
     out.print(table)
     if dataset.skipped:
         console.print(f"[yellow]{len(dataset.skipped)} unreadable files skipped[/] (listed in the manifest)")
+
+
+def _work(args):
+    """Where the preparation's tasks run: in this process, or on Ray when --address or --cpus says so (started at
+    the preparation's first task, once its input has been checked)."""
+    from pipelines.work import InProcess, OnRay
+
+    if args.address is None and args.cpus is None:
+        return InProcess()
+    if args.cpus is not None and args.cpus < 1:
+        raise SeqlvmError(f"--cpus {args.cpus}: give at least 1")
+
+    def start():
+        from seqlvm.cluster.ray_runtime import ensure_ray
+        ensure_ray(address=args.address, dashboard=False, cpus=args.cpus, logging_level=logging.ERROR)
+    if args.address:
+        from seqlvm.cluster.ray_runtime import check_address
+        check_address(args.address)
+    return OnRay(start)
 
 
 COMMANDS = {"prepare": cmd_prepare}

@@ -5,6 +5,7 @@ through it, and without it groups leak and Tune trials wait forever for workers.
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import os
 import socket
@@ -19,26 +20,34 @@ QUIET_ENV = {"RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS": "0", "RAY_USAGE_STATS_ENA
              "RAY_DATA_DISABLE_PROGRESS_BARS": "1"}
 
 
-def ensure_ray(worker_cpus: float = 1, address: str | None = None, dashboard: bool = True):
+def ensure_ray(worker_cpus: float = 1, address: str | None = None, dashboard: bool = True, cpus: int | None = None,
+               logging_level: int = logging.INFO):
+    """Join the cluster at `address` (or RAY_ADDRESS), or start a local Ray: with `cpus` CPUs when given, else with
+    room for `worker_cpus` of workers beside their data tasks. Below `logging_level`, Ray's and Ray Data's lines
+    go to the session's log files only."""
     import ray
 
     for key, value in QUIET_ENV.items():
         os.environ.setdefault(key, value)
     if ray.is_initialized():
         return ray
+    logging.getLogger("ray").setLevel(logging_level)
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
         check_address(address)
         try:
-            ray.init(address=address, log_to_driver=True)
+            ray.init(address=address, log_to_driver=True, logging_level=logging_level)
         except ConnectionError as exc:
             raise SeqlvmError(f"cannot join the Ray cluster at {address} ({root_cause(exc)})") from None
     else:
-        cpus = max(os.cpu_count() or 1, math.ceil(worker_cpus)) + 2
+        cpus = cpus or max(os.cpu_count() or 1, math.ceil(worker_cpus)) + 2
         ray.init(num_cpus=cpus, include_dashboard=dashboard, log_to_driver=True,
-                 object_store_memory=512 * 1024 * 1024)
+                 object_store_memory=512 * 1024 * 1024, logging_level=logging_level)
     import ray.data
     ray.data.DataContext.get_current().enable_progress_bars = False
+    for handler in logging.getLogger("ray.data").handlers:
+        if isinstance(handler, logging.StreamHandler):  # the console's, not the session's log file
+            handler.setLevel(max(handler.level, logging_level))
     return ray
 
 

@@ -12,7 +12,6 @@ from seqlvm import run_log, tracking
 from seqlvm.checkpoint import load_model, local_copy
 from seqlvm.cluster.ceiling import WorkerGroup
 from seqlvm.cluster.ray_runtime import capacity_watch, join_cluster
-from seqlvm.training.data import training_dataset
 from seqlvm.training.evaluate import evaluate_checkpoint
 from seqlvm.training.request import TrainRequest, TrainResult, prepare_run
 from seqlvm.training.tracked_run import TrackedRun
@@ -35,9 +34,9 @@ def build_trainer(request: TrainRequest, dataset: PreparedDataset, task: WorkerT
             name=run_name, storage_path=storage, callbacks=list(callbacks),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=train.keep_checkpoints),
             failure_config=ray.train.FailureConfig(max_failures=2)),
-        datasets={"train": training_dataset(dataset),
-                  # Small, and read at every evaluation: materialised once instead of re-read each time.
-                  "valid": dataset.ray_dataset("valid").materialize()},
+        # Workers read their share of the training split themselves, as their epoch plan says (seqlvm/training/
+        # data.py). Validation is small, and read at every evaluation: materialised once instead of re-read.
+        datasets={"valid": dataset.ray_dataset("valid").materialize()},
     )
 
 
@@ -62,7 +61,8 @@ def run_training(request: TrainRequest, console=None) -> TrainResult:
 
     try:
         with capacity_watch(workers, console.print if console else print):
-            trainer = build_trainer(request, dataset, WorkerTask.of(spec, dataset, run), run_name,
+            batch_log = str(batch_log_path(workdir, run_name)) if spec.train.batch_log else None
+            trainer = build_trainer(request, dataset, WorkerTask.of(spec, dataset, run, batch_log), run_name,
                                     storage_root(request))
             result = trainer.fit()
     except Exception as exc:
@@ -92,6 +92,12 @@ def run_training(request: TrainRequest, console=None) -> TrainResult:
 def log_path(workdir: Path, run_name: str) -> Path:
     """Where a quiet run's Ray, Train and MLflow output goes."""
     return workdir / "logs" / f"{run_name}.log"
+
+
+def batch_log_path(workdir: Path, run_name: str) -> Path:
+    """Where a run with `train.batch_log` logs its batches: one JSON line per worker and step (every node of a
+    multi-node cluster writes its own copy of this path)."""
+    return workdir / "logs" / f"{run_name}.batches.jsonl"
 
 
 def storage_root(request: TrainRequest) -> str:

@@ -6,6 +6,7 @@ import os
 from dataclasses import dataclass, field
 
 from pipelines.dataset import PreparedDataset
+from pipelines.epochs import check_token_budget
 from pipelines.errors import SeqlvmError, root_cause
 from seqlvm.cluster.ray_runtime import check_address
 from seqlvm.models import check_modality
@@ -70,6 +71,8 @@ def prepare_run(request: TrainRequest) -> tuple[PreparedDataset, RunSpec]:
                               f"larger --{split}-fraction")
     if request.workers < 1 or request.cpus_per_worker <= 0:
         raise SeqlvmError("--workers must be at least 1 and --cpus-per-worker above 0")
+    if spec.train.max_tokens is not None:
+        check_token_budget(dataset.longest_padded("train"), spec.train.max_tokens)
     if dataset.is_text:
         dataset.vocab  # read now: a missing or broken vocabulary is an error before Ray starts
     if request.address or os.environ.get("RAY_ADDRESS"):

@@ -21,6 +21,7 @@ from seqlvm.models.fields import Range, bounded, count, non_negative, positive, 
 
 
 KL_SCHEDULES = ("sigmoid", "linear", "cyclical", "constant")
+MIN_TOKEN_BUDGET = 2
 
 
 @dataclass
@@ -44,7 +45,11 @@ class TrainConfig:
     kl_weight: float = non_negative(1.0)  # the weight for `constant`, and the ceiling of the other schedules
     # Data streaming
     bucket_factor: int = size(20)  # sort windows of bucket_factor*batch_size sentences by length; 1 = no bucketing
-    shuffle_buffer: int = count(2000)
+    shuffle_buffer: int = count(2000)  # unused: epochs follow a seeded plan (pipelines/epochs.py); old configs set it
+    # Token-budget batches: as many sequences as keep (sequences) x (longest padded length) within this, instead of
+    # batch_size sequences (pipelines/epochs.py). None = batch_size sequences.
+    max_tokens: int | None = size(None)
+    batch_log: bool = False  # each worker appends its batches' (shard, row) ids, one JSON line a step (docs/data.md)
     # Evaluation and checkpoints
     eval_every: int = size(200)
     log_every: int = size(20)
@@ -70,6 +75,9 @@ class TrainConfig:
             raise SeqlvmError(f"train.optimizer must be adam or sgd, not {self.optimizer!r}")
         if self.mixed_precision not in ("auto", "none", "bf16", "fp16"):
             raise SeqlvmError(f"train.mixed_precision must be auto, none, bf16 or fp16, not {self.mixed_precision!r}")
+        if self.max_tokens is not None and self.max_tokens < MIN_TOKEN_BUDGET:
+            raise SeqlvmError(f"train.max_tokens must be at least {MIN_TOKEN_BUDGET} (one word and its </s>), "
+                              f"not {self.max_tokens}")
 
 
 # `tune:` holds a sweep's search space and objective (read by tune/space.py, ignored by training).

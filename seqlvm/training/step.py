@@ -115,22 +115,26 @@ class StepResult:
 
 def take_step(model, optimizer, batch: dict, weight: float, cfg: TrainConfig, device, scaler=None,
               agree: Callable[..., list[bool]] = _on_one_worker,
-              explain: Callable[[str | None], str | None] = _own_failure) -> StepResult:
+              explain: Callable[[str | None], str | None] = _own_failure, loss_scale: float = 1.0) -> StepResult:
     """A forward pass and, if its loss is finite, the guarded gradient step. `agree` tells whether each check
     passed on every worker: all workers skip a step or fail it together, or DDP would deadlock. An error a retry
     cannot fix becomes the result's failure, with its cause as `explain` finds it on whichever worker had it (every
     worker calls it when a step fails); any other error is raised, for Ray Train to restart the workers from the
-    last checkpoint."""
+    last checkpoint. The gradient is that of the loss times `loss_scale`: world/(workers with data) for a worker
+    with a batch of its own, so that DDP's average is the mean over the real batches; 0 for a worker without one,
+    whose step then gives a zero gradient and is finite whatever its stand-in batch's loss (a NaN there must not
+    skip the other workers' step)."""
     error, finite, taken = None, False, False
     try:
         out = forward(model, batch, weight, cfg, device)
-        finite = bool(torch.isfinite(out.loss).item())
+        finite = loss_scale == 0 or bool(torch.isfinite(out.loss).item())
     except Exception as exc:
         error = _unless_retryable(exc)
     no_error, all_finite = agree(error is None, finite)
     if no_error and all_finite:
         try:
-            taken = apply_gradients(model, optimizer, out.loss, cfg, scaler)
+            loss = out.loss * loss_scale if loss_scale else zero_gradient_loss(model)
+            taken = apply_gradients(model, optimizer, loss, cfg, scaler)
         except Exception as exc:
             error = _unless_retryable(exc)
         no_error, = agree(error is None)
@@ -138,6 +142,12 @@ def take_step(model, optimizer, batch: dict, weight: float, cfg: TrainConfig, de
         cause = explain(root_cause(error) if error is not None else None)
         return StepResult(None, cause or "a step failed on another worker")
     return StepResult(out.totals if taken else None)
+
+
+def zero_gradient_loss(model) -> torch.Tensor:
+    """A loss whose gradient is 0 for every parameter: DDP's reducer still sees each one's gradient, and the
+    workers' all-reduce goes ahead as in any step."""
+    return sum(p.sum() for p in model.parameters() if p.requires_grad) * 0.0
 
 
 def _unless_retryable(exc: Exception) -> Exception:

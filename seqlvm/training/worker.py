@@ -1,8 +1,10 @@
-"""The per-worker training loop run by Ray Train: stream batches from this worker's shard, step the model,
+"""The per-worker training loop run by Ray Train: take this worker's batches of each epoch's plan, step the model,
 evaluate on the validation shard, report metrics and checkpoints. Only rank 0 logs to MLflow and writes
 checkpoints; every worker calls `ray.train.report`, as Train requires."""
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
 import tempfile
 import time
@@ -13,11 +15,14 @@ import torch
 import torch.distributed as dist
 
 from pipelines.dataset import PreparedDataset
+from pipelines.epoch_reading import PlannedBatch, epoch_batches, filler_batch
+from pipelines.epochs import EpochPosition
 from pipelines.stream import layout_of, ray_batches
 from seqlvm.checkpoint import read_checkpoint, save_checkpoint
 from seqlvm.evaluation import TOTAL_KEYS, CollapseGuard, LatentPosteriors, add_totals, decode_sample, summarize
 from seqlvm.run_log import duration, progress
 from seqlvm.tracking import WORKER_HTTP_SETTINGS, MetricOutbox
+from seqlvm.training.data import epoch_planner, window_source
 from seqlvm.training.spec import RunSpec, TrainConfig
 from seqlvm.training.step import all_weights_finite, make_optimizer, schedule_weight, take_step
 from seqlvm.training.tracked_run import TrackedRun
@@ -38,11 +43,13 @@ class WorkerTask:
     data_info: dict  # kept in every checkpoint
     tracking_uri: str
     mlflow_run_id: str
+    batch_log: str | None = None  # the file each worker appends its batches' rows to (train.batch_log)
 
     @classmethod
-    def of(cls, spec: RunSpec, dataset: PreparedDataset, run: TrackedRun) -> "WorkerTask":
+    def of(cls, spec: RunSpec, dataset: PreparedDataset, run: TrackedRun, batch_log: str | None = None
+           ) -> "WorkerTask":
         return cls(spec, dataset.location, dataset.input_size, dataset.vocab.words if dataset.is_text else None,
-                   dataset.data_info(), run.tracking_uri, run.run_id)
+                   dataset.data_info(), run.tracking_uri, run.run_id, batch_log)
 
 
 def all_reduce_sum(values: dict[str, float], device) -> dict[str, float]:
@@ -96,6 +103,10 @@ class Trainer:
         self.layout = layout_of(task.data_info)
         self.optimizer = make_optimizer(self.net, self.cfg)
         self.step, self.epoch, self.skipped, self.consecutive_nonfinite = 0, 0, 0, 0
+        self.epoch_step = 0  # steps taken in this epoch: where its plan continues
+        dataset = PreparedDataset.open(task.data_location)
+        self.planner = epoch_planner(dataset, self.cfg, self.world)
+        self.windows = window_source(dataset, self.planner)
         self.stop_reason: str | None = None
         progress(f"worker rank {self.rank} of {self.world}: pid {os.getpid()} on {ray.util.get_node_ip_address()}",
                  echo=False)
@@ -123,9 +134,17 @@ class Trainer:
             payload = read_checkpoint(Path(folder) / "model.pt")
         self.net.load_state_dict(payload["state_dict"])
         self.optimizer.load_state_dict(payload["optimizer"])
-        self.step, self.epoch, self.skipped = payload["step"], payload["epoch"], payload.get("skipped_steps", 0)
+        self.step, self.skipped = payload["step"], payload.get("skipped_steps", 0)
+        # Checkpoints written before epoch plans hold no position in their epoch: it restarts.
+        saved = EpochPosition(**payload.get("position", {"epoch": payload["epoch"], "steps": 0, "world": self.world}))
+        position = saved.resumed_by(self.world)
+        self.epoch, self.epoch_step = position.epoch, position.steps
         if self.rank == 0:
-            progress(f"resuming from step {self.step} (epoch {self.epoch})")
+            progress(f"resuming from step {self.step} (epoch {self.epoch}, step {self.epoch_step} of it)")
+            if position != saved:
+                progress(f"the checkpoint was written by {saved.world} workers, this run has {self.world}: epoch "
+                         f"{self.epoch} starts again from its beginning (its batches were dealt to "
+                         f"{saved.world} workers)")
         return payload.get("pending_metrics", [])
 
     def _max_steps(self) -> float:
@@ -152,12 +171,14 @@ class Trainer:
         dist.all_gather_object(causes, own)
         return next((cause for cause in causes if cause), None)
 
-    def train_step(self, batch: dict) -> dict[str, torch.Tensor] | None:
+    def train_step(self, batch: dict, loss_scale: float = 1.0) -> dict[str, torch.Tensor] | None:
         """One optimiser step; None when it was skipped because the loss or the gradient was NaN/inf, or when it
         raised an error a retry cannot fix (here or on another worker), which ends the run."""
         self.step += 1
+        self.epoch_step += 1
         result = take_step(self.model, self.optimizer, batch, schedule_weight(self.step, self.cfg), self.cfg,
-                           self.device, self.scaler, agree=self._all_agree, explain=self._first_failure)
+                           self.device, self.scaler, agree=self._all_agree, explain=self._first_failure,
+                           loss_scale=loss_scale)
         if result.failure is not None:  # every worker stops here together
             self.stop_reason = (f"step {self.step}: {result.failure} (an error in the model, its data or its "
                                 "configuration: not retried)")
@@ -196,6 +217,7 @@ class Trainer:
         with tempfile.TemporaryDirectory() as folder:
             save_checkpoint(Path(folder), self.net, optimizer=self.optimizer.state_dict(), step=self.step,
                             epoch=self.epoch, skipped_steps=self.skipped, config=self.task.spec.to_dict(),
+                            position=dataclasses.asdict(EpochPosition(self.epoch, self.epoch_step, self.world)),
                             vocab=self.task.vocab, data_info=self.task.data_info,
                             data_dir=self.task.data_location, mlflow_run_id=self.task.mlflow_run_id,
                             pending_metrics=self.outbox.pending)
@@ -208,18 +230,29 @@ class Trainer:
         import ray.train
 
         cfg = self.cfg
-        train_shard = ray.train.get_dataset_shard("train")
         valid_shard = ray.train.get_dataset_shard("valid")
         window: dict[str, float] = {k: 0.0 for k in TOTAL_KEYS}
         # Throughput counts the time spent waiting for batches and stepping, not evaluations and checkpoints.
         window_seconds, clock = 0.0, time.time()
         last_reported = None
         while not self._finished():
-            batches = ray_batches(train_shard, cfg.batch_size, cfg.bucket_factor, cfg.shuffle_buffer,
-                                  seed=cfg.seed * 100003 + self.epoch * 101 + self.rank, layout=self.layout)
-            for batch in batches:
-                totals = self.train_step(batch)
-                if totals is not None:
+            plan = self.planner.plan(self.epoch)
+            mine = plan.batch_counts[self.rank]
+            batches = epoch_batches(self.planner, plan, self.rank, self.epoch_step, self.windows, self.layout)
+            filler: PlannedBatch | None = None
+            while self.epoch_step < plan.steps:
+                # A worker out of batches still takes the step (DDP's collectives need every worker), with weight
+                # 0; the others' losses are scaled so the averaged gradient is the mean over the real batches.
+                real = self.epoch_step < mine
+                if real:
+                    planned = filler = next(batches)
+                    loss_scale = self.world / plan.real_workers(self.epoch_step)
+                else:
+                    filler = filler or filler_batch(self.planner, plan, self.rank, self.windows, self.layout)
+                    planned, loss_scale = filler, 0.0
+                totals = self.train_step(planned.tensors, loss_scale)
+                self._log_batch(planned if real else None)
+                if totals is not None and real:
                     add_totals(window, totals)
                 window_seconds += time.time() - clock
                 if self.step % cfg.log_every == 0:
@@ -234,7 +267,7 @@ class Trainer:
                 if self.step >= self._max_steps():
                     break
             else:
-                self.epoch += 1
+                self.epoch, self.epoch_step = self.epoch + 1, 0
         if self.stop_reason is not None:
             self._stop()
         elif last_reported != self.step:
@@ -242,6 +275,21 @@ class Trainer:
         if self.rank == 0 and cfg.max_steps is not None and self.step < cfg.max_steps and not self.stop_reason:
             progress(f"stopped at step {self.step}: train.epochs={cfg.epochs} came before "
                      f"train.max_steps={cfg.max_steps}")
+
+    def _log_batch(self, planned: PlannedBatch | None) -> None:
+        """With train.batch_log: this step's batch as (shard, row) ids, none for a step of weight 0; one line
+        written with one call on a file opened for appending, so the workers' lines do not interleave."""
+        if self.task.batch_log is None:
+            return
+        rows = [] if planned is None else [[planned.shard, int(row)] for row in planned.rows]
+        line = json.dumps({"epoch": self.epoch, "step": self.step, "epoch_step": self.epoch_step,
+                           "rank": self.rank, "pid": os.getpid(), "rows": rows}) + "\n"
+        Path(self.task.batch_log).parent.mkdir(parents=True, exist_ok=True)
+        descriptor = os.open(self.task.batch_log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(descriptor, line.encode())
+        finally:
+            os.close(descriptor)
 
     def _stop(self) -> None:
         """End the run early. The last checkpoint (of weights no skipped step has touched) carries the reason to
