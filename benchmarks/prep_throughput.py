@@ -32,7 +32,7 @@ import _common  # noqa: E402, F401  (puts the repository on sys.path)
 import ray  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
-from streaming_memory import Sampler  # noqa: E402
+from _memory import Sampler  # noqa: E402
 
 from pipelines import text_sources  # noqa: E402
 from pipelines.text import TextOptions, prepare_text  # noqa: E402
