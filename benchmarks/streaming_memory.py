@@ -124,7 +124,7 @@ def main() -> None:
                                                         "temporary folder, removed afterwards)")
     parser.add_argument("--factor", type=int, default=10)
     args = parser.parse_args()
-    console = Console()
+    console = Console(width=140)
 
     started = time.time()
     prepare_text("builtin:shakespeare", args.data, TextOptions(), console=console)

@@ -197,7 +197,7 @@ def atomic_output(out: str | Path, overwrite: bool):
         staging = Folder(filesystem, f"{root}.staging-{uuid.uuid4().hex[:12]}")
         try:
             if not overwrite and _holds_something(filesystem, root):
-                raise SeqlvmError(f"{out}: already exists and holds something else; pass --overwrite to replace it")
+                raise SeqlvmError(_taken(out, filesystem, root))
             staging.write_bytes(f".{MANIFEST}.tmp", b"")  # fail now, not after preparing: no bucket, no permission
             filesystem.delete_file(staging.file(f".{MANIFEST}.tmp"))
         except (OSError, pa.ArrowException) as exc:
@@ -212,8 +212,7 @@ def atomic_output(out: str | Path, overwrite: bool):
     out = Path(root)
     if out.exists() and not overwrite:
         if not out.is_dir() or any(out.iterdir()):
-            raise SeqlvmError(f"{out}: already exists and holds something else; "
-                              "pass --overwrite to replace it")
+            raise SeqlvmError(_taken(out, filesystem, root))
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
@@ -228,6 +227,14 @@ def atomic_output(out: str | Path, overwrite: bool):
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _taken(out, filesystem: pafs.FileSystem, root: str) -> str:
+    """Why `out` is not replaced without --overwrite, in one line."""
+    if filesystem.get_file_info(f"{root}/{MANIFEST}").type == pafs.FileType.File:
+        return (f"{out}: holds a dataset prepared from other input or options, or by an earlier seqlvm (whose "
+                "fingerprints differ); pass --overwrite to replace it")
+    return f"{out}: already exists and holds something else; pass --overwrite to replace it"
 
 
 def _holds_something(filesystem: pafs.FileSystem, root: str) -> bool:

@@ -63,7 +63,7 @@ def test_file_uri_round_trip(tmp_path, corpus):
     out = io.StringIO()
     prepare_text(str(corpus), uri, TextOptions(**OPTIONS), console=Console(file=out))
     assert "nothing to do" in out.getvalue()
-    with pytest.raises(SeqlvmError, match="already exists and holds something else; pass --overwrite"):
+    with pytest.raises(SeqlvmError, match="holds a dataset prepared from other input or options, .*; pass --overwrite"):
         prepare_text(str(corpus), uri, TextOptions(**{**OPTIONS, "shard_size": 3}))
 
 
@@ -154,7 +154,8 @@ def test_s3_prepare_read_rerun_overwrite(s3_env, tmp_path, corpus):
     assert "nothing to do" in out.getvalue()
 
     fewer = {**OPTIONS, "shard_size": 50}
-    with pytest.raises(SeqlvmError, match=f"^{uri}: already exists and holds something else; pass --overwrite"):
+    with pytest.raises(SeqlvmError, match=f"^{uri}: holds a dataset prepared from other input or options, .*; "
+                                          "pass --overwrite"):
         prepare_text(str(corpus), uri, TextOptions(**fewer))
     assert read_manifest(uri)["fingerprint"] == manifest["fingerprint"]
     # a prepare that fails (here: an empty corpus) leaves the dataset there untouched

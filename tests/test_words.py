@@ -114,7 +114,7 @@ def test_rerun_with_same_options_is_a_no_op(word_split):
     before = (out / "manifest.json").stat().st_mtime_ns
     assert prepare_words(SOURCE, out, WordOptions(**SMALL, split="word")) == manifest
     assert (out / "manifest.json").stat().st_mtime_ns == before
-    with pytest.raises(SeqlvmError, match="already exists"):
+    with pytest.raises(SeqlvmError, match="holds a dataset prepared from other input or options"):
         prepare_words(SOURCE, out, WordOptions(**SMALL, split="word", seed=1))
 
 
