@@ -90,16 +90,13 @@ def windows_to_batches(windows: Iterable[list[np.ndarray]], batch_size: int, buc
                 yield layout.collate(window[i:i + batch_size])
 
 
-def ray_batches(shard, batch_size: int, bucket_factor: int = 1, shuffle_buffer: int = 0,
-                seed: int = 0, layout: Layout = TEXT) -> Iterator[dict]:
-    """Batches from a Ray Data shard (`ray.train.get_dataset_shard`): the shard streams windows of
-    bucket_factor * batch_size rows (shuffled through a local buffer when training), each bucketed.
-    Bucketed batches always come in a seeded random order, so a capped evaluation is not biased to short
-    sentences."""
+def ray_batches(shard, batch_size: int, bucket_factor: int = 1, seed: int = 0, layout: Layout = TEXT) -> Iterator[dict]:
+    """Batches from a Ray Data shard (`ray.train.get_dataset_shard`, validation): the shard streams windows of
+    bucket_factor * batch_size rows, each bucketed. Bucketed batches always come in a seeded random order, so a
+    capped evaluation is not biased to short sentences."""
     rng = np.random.default_rng(seed)
     windows = ([layout.decode(v) for v in b[layout.column]] for b in shard.iter_batches(
-        batch_size=batch_size * bucket_factor, batch_format="numpy", prefetch_batches=2,
-        local_shuffle_buffer_size=shuffle_buffer or None, local_shuffle_seed=seed))
+        batch_size=batch_size * bucket_factor, batch_format="numpy", prefetch_batches=2))
     return windows_to_batches(windows, batch_size, bucket_factor, rng, layout)
 
 

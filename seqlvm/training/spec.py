@@ -45,7 +45,6 @@ class TrainConfig:
     kl_weight: float = non_negative(1.0)  # the weight for `constant`, and the ceiling of the other schedules
     # Data streaming
     bucket_factor: int = size(20)  # sort windows of bucket_factor*batch_size sentences by length; 1 = no bucketing
-    shuffle_buffer: int = count(2000)  # unused: epochs follow a seeded plan (pipelines/epochs.py); old configs set it
     # Token-budget batches: as many sequences as keep (sequences) x (longest padded length) within this, instead of
     # batch_size sequences (pipelines/epochs.py). None = batch_size sequences.
     max_tokens: int | None = size(None)
