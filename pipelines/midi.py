@@ -397,6 +397,9 @@ def cached_pieces(cache: Path) -> list[CachedPieces]:
 
 
 def read_cached_pieces(options: MidiOptions, item: CachedPieces, policy: ErrorPolicy, tally) -> Iterator[Example]:
+    if not item.cache.exists():
+        raise SeqlvmError(f"{item.cache}: not on the node this task ran on; on a cluster, SEQLVM_CACHE must be a "
+                          "folder every node mounts")
     loaded = _load_cache(item.cache, slice(item.first, item.stop))
     if loaded is None:
         raise SeqlvmError(f"{item.cache}: damaged cache of converted pieces; delete it and prepare again")
