@@ -109,17 +109,19 @@ class PreparedDataset:
                 "normalisation": self.normalisation, "render": self.render,
                 "mean_steps": round(train.steps / max(1, train.sequences))}
 
+    def _shard_column(self, filesystem: pafs.FileSystem, path: str, column: str) -> pa.ChunkedArray:
+        try:
+            return pq.read_table(path, columns=[column], filesystem=filesystem).column(0)
+        except (OSError, pa.ArrowException) as exc:
+            raise SeqlvmError(f"{self.location}: cannot read the shard {path} "
+                              f"({str(exc).strip().splitlines()[0]})") from None
+
     def read(self, split: str, limit: int | None = None) -> list[np.ndarray]:
         """A split in memory as token-id or (T, D) frame arrays (evaluation, sampling, plain-PyTorch loops)."""
         layout, sequences = self.layout, []
         filesystem, paths = self.split_files(split)
         for path in paths:
-            try:
-                table = pq.read_table(path, columns=[layout.column], filesystem=filesystem)
-            except (OSError, pa.ArrowException) as exc:
-                raise SeqlvmError(f"{self.location}: cannot read the shard {path} "
-                                  f"({str(exc).strip().splitlines()[0]})") from None
-            for value in table.column(layout.column).to_numpy(zero_copy_only=False):
+            for value in self._shard_column(filesystem, path, layout.column).to_numpy(zero_copy_only=False):
                 sequences.append(layout.decode(value))
                 if limit is not None and len(sequences) >= limit:
                     return sequences
@@ -127,16 +129,9 @@ class PreparedDataset:
 
     def padded_lengths(self, split: str) -> list[np.ndarray]:
         """Each shard's rows' lengths in a batch (see `Layout.padded`), from their length column alone."""
-        layout, lengths = self.layout, []
         filesystem, paths = self.split_files(split)
-        for path in paths:
-            try:
-                table = pq.read_table(path, columns=[layout.length_column], filesystem=filesystem)
-            except (OSError, pa.ArrowException) as exc:
-                raise SeqlvmError(f"{self.location}: cannot read the shard {path} "
-                                  f"({str(exc).strip().splitlines()[0]})") from None
-            lengths.append(layout.padded(table.column(0).to_numpy()))
-        return lengths
+        return [self.layout.padded(self._shard_column(filesystem, path, self.layout.length_column).to_numpy())
+                for path in paths]
 
     def longest_padded(self, split: str) -> int:
         """The longest row of a split in a batch: from the manifest's longest sequence, or in datasets prepared
