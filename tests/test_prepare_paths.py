@@ -145,12 +145,17 @@ def test_lasa_demonstrations_across_files_are_the_same_in_process_and_on_ray(ray
 
 def test_midi_files_and_rolls_are_the_same_in_process_and_on_ray(ray_session, tmp_path):
     pytest.importorskip("pretty_midi")
-    from pipelines.midi import MidiOptions, prepare_midi
+    from pipelines.midi import MidiOptions, prepare_midi, read_npz_rolls
 
     source = midi_folder(tmp_path / "src")
-    both_ways(prepare_midi, tmp_path / "files", str(source),
-              options=MidiOptions(valid_fraction=0.3, test_fraction=0.3, chunk_steps=16))
-    both_ways(prepare_midi, tmp_path / "npz", str(JSB_SLICE), options=MidiOptions())
+    files = both_ways(prepare_midi, tmp_path / "files", str(source),
+                      options=MidiOptions(valid_fraction=0.3, test_fraction=0.3, chunk_steps=16))
+    assert files["skipped"] == [] and sum(s["sequences"] for s in files["splits"].values()) >= len(
+        list(source.glob("*.mid")))
+    rolls = both_ways(prepare_midi, tmp_path / "npz", str(JSB_SLICE), options=MidiOptions())
+    pieces = {split: len(rolls_of_split) for split, rolls_of_split in read_npz_rolls(JSB_SLICE).items()}
+    assert rolls["splits"]["test"]["sequences"] == pieces["test"] > 0  # the file's own splits; test is never cut
+    assert all(rolls["splits"][split]["sequences"] >= pieces[split] > 0 for split in ("train", "valid"))
 
 
 def test_builtin_bach_from_its_cache_is_the_same_in_process_and_on_ray(ray_session, tmp_path, monkeypatch):
