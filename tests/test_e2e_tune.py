@@ -280,9 +280,9 @@ def test_a_sweep_whose_decodes_ignore_z_crowns_no_champion_and_its_console_is_se
 
 def test_every_trials_metrics_arrive_once_after_the_tracking_server_was_down(ray_session, shakespeare, tmp_path):
     """A sweep's trials end as `seqlvm train` ends a run (TrackedRun): what their last checkpoint holds undelivered
-    reaches MLflow. A real `mlflow server` is stopped once the first trial has logged its parameters (its workers
-    send everything after that), and started again once that trial's last checkpoint is committed, holding the
-    metrics the outage kept back. At the end, every trial has every step's metrics, once."""
+    reaches MLflow. A real `mlflow server` is stopped once the first trial's run is open (its dataset input, logged
+    last; its workers send everything after that), and started again once that trial's last checkpoint is
+    committed, holding the metrics the outage kept back. At the end, every trial has every step's metrics, once."""
     from seqlvm.checkpoint import read_checkpoint
     from seqlvm.cluster.local_cluster import free_port, start_mlflow
 
@@ -303,13 +303,13 @@ def test_every_trials_metrics_arrive_once_after_the_tracking_server_was_down(ray
             stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     client = tracking.client(uri)
 
-    def first_trial_params() -> bool:
+    def first_trial_opened() -> bool:  # TrackedRun.open's last call logs the dataset input; workers send the rest
         assert driver.poll() is None, log_path.read_text()[-3000:]
         runs = _child_runs(uri, "outage")
-        return bool(runs) and "workers" in client.get_run(runs[0].info.run_id).data.params
+        return bool(runs) and bool(client.get_run(runs[0].info.run_id).inputs.dataset_inputs)
 
     try:
-        wait_for(first_trial_params, 400, "the first trial's parameters", log=log_path)
+        wait_for(first_trial_opened, 400, "the first trial's opened run", log=log_path)
         os.killpg(servers[-1].pid, signal.SIGKILL)
         servers[-1].wait()
         last = wait_for(lambda: [d for d in sweep.glob("train/*") if committed_checkpoint(d) == "checkpoint_00000008"],
