@@ -20,6 +20,7 @@ from rich.console import Console
 from rich.table import Table
 
 from pipelines.dataset import PreparedDataset
+from pipelines.description import DataDescription
 from pipelines.stream import local_batches
 from seqlvm import generate
 from seqlvm.evaluation import evaluate
@@ -85,7 +86,8 @@ def main() -> None:
         train_locally(model, train, spec.train, args.steps)
         torch.manual_seed(args.seed)
         metrics = evaluate(model, local_batches(test, 64, bucket_factor=20), decode_limit=500)
-        metrics["homotopy"] = len(set(generate.homotopy(model, dataset.vocab, *HOMOTOPY, steps=7)))
+        data = DataDescription.of_dataset(dataset)
+        metrics["homotopy"] = len(set(generate.homotopy(model, data, *HOMOTOPY, steps=7)))
         rows[name] = metrics
         console.print(f"{name}: {time.time() - started:.0f}s, distinct {metrics['decode_distinct']:.2f}, "
                       f"F1 {metrics['decode_f1']:.3f} vs {metrics['decode_f1_shuffled']:.3f} shuffled")

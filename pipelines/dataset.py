@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 
 from pipelines.errors import SeqlvmError
 from pipelines.shards import SPLITS, absolute_location, read_manifest, resolve
-from pipelines.stream import Layout, layout_of
+from pipelines.stream import Layout, layout_for
 from pipelines.vocab import Vocab
 
 
@@ -88,7 +88,7 @@ class PreparedDataset:
 
     @property
     def layout(self) -> Layout:
-        return layout_of(self.data_info())
+        return layout_for(self.frame_dim)
 
     def split_files(self, split: str) -> tuple[pafs.FileSystem, list[str]]:
         """The filesystem and the paths in it of a split's shards."""
@@ -98,16 +98,6 @@ class PreparedDataset:
             raise SeqlvmError(f"{self.location}: split {split!r} is empty")
         filesystem, root = resolve(self.location)
         return filesystem, [f"{root}/{s}" for s in self.splits[split].shards]
-
-    def data_info(self) -> dict:
-        """What a model needs to know about its data beyond its weights, kept in every checkpoint as plain data:
-        the modality and, for frames, their size, the standardisation to undo and how to render them."""
-        if self.is_text:
-            return {"modality": "text"}
-        train = self.splits["train"]
-        return {"modality": self.modality, "frame_dim": self.frame_dim, "output": self.output,
-                "normalisation": self.normalisation, "render": self.render,
-                "mean_steps": round(train.steps / max(1, train.sequences))}
 
     def _shard_column(self, filesystem: pafs.FileSystem, path: str, column: str) -> pa.ChunkedArray:
         try:

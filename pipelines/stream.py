@@ -63,9 +63,9 @@ class Layout:
 TEXT = Layout()
 
 
-def layout_of(data_info: dict) -> Layout:
-    """The layout of the data a checkpoint's `data_info` describes."""
-    return TEXT if data_info.get("modality", "text") == "text" else Layout("frames", int(data_info["frame_dim"]))
+def layout_for(frame_dim: int | None) -> Layout:
+    """The layout of text (no frame size) or of frames of `frame_dim` values."""
+    return TEXT if frame_dim is None else Layout("frames", int(frame_dim))
 
 
 def bucketed(window: list[np.ndarray], batch_size: int, rng: np.random.Generator | None,

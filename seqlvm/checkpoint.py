@@ -1,15 +1,17 @@
 """Checkpoints are data: one `model.pt` holding the model's constructor arguments, weights, optimiser state,
-run config and vocabulary, loaded with `torch.load(weights_only=True)`. Resolves the forms users pass:
-a checkpoint folder, a training-run folder (its latest checkpoint), `runs:/RUN_ID/...` or `models:/...`."""
+run config and the description of its data (`DataDescription`), loaded with `torch.load(weights_only=True)`.
+Resolves the forms users pass: a checkpoint folder, a training-run folder (its latest checkpoint),
+`runs:/RUN_ID/...` or `models:/...`."""
 from __future__ import annotations
 
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from pipelines.errors import SeqlvmError
-from pipelines.vocab import Vocab
+from pipelines.description import DataDescription
 from seqlvm.models import SequenceModel, build_model_from_args
 
 CHECKPOINT_FILE = "model.pt"
@@ -28,8 +30,9 @@ def _latest_under(folder: Path) -> Path | None:
     return candidates[-1] if candidates else None
 
 
-def resolve_checkpoint(spec: str, tracking_uri: str | None = None) -> Path:
-    """Path to a model.pt from a folder, a run folder, or an MLflow `runs:/` / `models:/` URI."""
+def resolve_checkpoint(spec: str, tracking_uri: str | None = None, download_to: Path | None = None) -> Path:
+    """Path to a model.pt from a folder, a run folder, or an MLflow `runs:/` / `models:/` URI (downloaded into
+    `download_to`, by default a new temporary folder that outlives the call)."""
     if spec.startswith(("runs:/", "models:/")):
         import mlflow
 
@@ -38,7 +41,7 @@ def resolve_checkpoint(spec: str, tracking_uri: str | None = None) -> Path:
         check_reachable(uri)
         mlflow.set_tracking_uri(uri)
         mlflow.set_registry_uri(uri)
-        target = Path(tempfile.mkdtemp(prefix="seqlvm-ckpt-"))
+        target = download_to or Path(tempfile.mkdtemp(prefix="seqlvm-ckpt-"))
         try:
             local = Path(mlflow.artifacts.download_artifacts(artifact_uri=spec, dst_path=str(target)))
         except Exception as exc:  # MLflow raises several types for unknown runs, models and paths
@@ -78,12 +81,24 @@ def read_checkpoint(path: Path) -> dict:
         raise SeqlvmError(f"{path}: not a loadable seqlvm checkpoint ({str(exc).splitlines()[0]})") from None
 
 
-def load_model(spec: str, tracking_uri: str | None = None) -> tuple[SequenceModel, Vocab | None, dict]:
-    """(model in eval mode, vocabulary (None for a frame model), the whole checkpoint payload)."""
-    path = resolve_checkpoint(spec, tracking_uri)
-    payload = read_checkpoint(path)
+@dataclass
+class LoadedModel:
+    model: SequenceModel  # in eval mode
+    data: DataDescription  # how inputs become its tensors and back
+    payload: dict  # the whole checkpoint, with its `path`
+
+    @property
+    def is_text(self) -> bool:
+        return self.data.is_text
+
+
+def load_model(spec: str, tracking_uri: str | None = None) -> LoadedModel:
+    with tempfile.TemporaryDirectory(prefix="seqlvm-ckpt-") as downloads:  # a URI's copy goes once it is read
+        path = resolve_checkpoint(spec, tracking_uri, Path(downloads))
+        payload = read_checkpoint(path)
+    payload["path"] = spec if spec.startswith(("runs:/", "models:/")) else str(path)
+    data = DataDescription.of_checkpoint(payload)
     model = build_model_from_args(payload["model"])
     model.load_state_dict(payload["state_dict"])
     model.eval()
-    payload["path"] = str(path)
-    return model, Vocab(payload["vocab"]) if payload.get("vocab") else None, payload
+    return LoadedModel(model, data, payload)

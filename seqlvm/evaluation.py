@@ -158,13 +158,19 @@ def evaluate(model: SequenceModel, batches: Iterable[dict], iw_samples: int = 0,
     counted = ("sentences", "tokens") if isinstance(model, TextModel) else ("sequences", "steps")
     metrics.update({counted[0]: totals["sequences"], counted[1]: totals["steps"]})
     if iw_samples:
-        metrics["iw_nll"] = iw_total / totals["sequences"]
-        metrics["iw_ppl"] = math.exp(min(iw_total / totals["steps"], 50.0))
-        metrics["iw_ll_per_step"] = -iw_total / totals["steps"]
+        metrics.update(iw_metrics(-iw_total, totals["sequences"], totals["steps"]))
     metrics.update(posteriors.metrics())
     if sample is not None:
         metrics.update(sample.decode(model).metrics())
     return metrics
+
+
+def iw_metrics(log_likelihood: float, sequences: float, steps: float) -> dict[str, float]:
+    """A split's importance-weighted NLL (per sequence), perplexity and log-likelihood per step, from the sum of its
+    sequences' importance-weighted log-likelihoods and their counts."""
+    sequences, steps = max(sequences, 1.0), max(steps, 1.0)
+    return {"iw_nll": -log_likelihood / sequences, "iw_ppl": math.exp(min(-log_likelihood / steps, 50.0)),
+            "iw_ll_per_step": log_likelihood / steps}
 
 
 def decode_sample(model: SequenceModel, limit: int) -> DecodeSample | None:
@@ -201,3 +207,25 @@ class LatentPosteriors:
             return {"mutual_info": 0.0, "active_units": 0.0}
         mu, logvar = torch.cat(self.mu), torch.cat(self.logvar)
         return {"mutual_info": mutual_information(mu, logvar), "active_units": active_units(mu)}
+
+
+@torch.no_grad()
+def sequence_scores(model: SequenceModel, batch: dict, num_samples: int, chunk: int | None = None
+                    ) -> dict[str, torch.Tensor]:
+    """Each sequence's scores, (B,) tensors: `elbo` (the mean of its K log importance weights: the ELBO,
+    estimated with K samples), `iw_ll` (log (1/K) sum_k w_k: the importance-weighted log-likelihood), `steps`
+    (what per-step figures divide by: tokens with </s>, or time steps) and, with a global latent, `kl` (its
+    Gaussian posterior's KL from the N(0, I) prior) and `posterior_mean` (B, latent). A model without a latent
+    has one exact weight: both scores are log p(x)."""
+    model.eval()
+    samples = num_samples if model.has_latent else 1
+    chunk = chunk or samples_per_chunk(model, batch)
+    log_w = torch.cat([model.log_importance_weights(batch, min(chunk, samples - start))
+                       for start in range(0, samples, chunk)])
+    scores = {"elbo": log_w.mean(0), "iw_ll": torch.logsumexp(log_w, dim=0) - math.log(samples),
+              "steps": batch["lengths"].float()}
+    if model.has_global_latent:
+        mu, logvar = model.encode(batch)
+        scores["kl"] = 0.5 * (mu.pow(2) + logvar.exp() - 1 - logvar).sum(1)
+        scores["posterior_mean"] = mu
+    return scores

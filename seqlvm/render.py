@@ -8,17 +8,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from pipelines.description import DataDescription
 from pipelines.handlers import renderer
 from seqlvm.models import FrameModel
 
 
 @torch.no_grad()
-def render_prior_samples(model: FrameModel, data_info: dict, n: int, steps: int | None,
+def render_prior_samples(model: FrameModel, data: DataDescription, n: int, steps: int | None,
                          out_dir: str | Path, prefix: str = "sample") -> list[Path]:
     """Draw n sequences of `steps` frames (default: the training data's mean length) from the model's prior
     and render each; returns the files written."""
-    render = renderer(data_info["modality"])
-    steps = steps or int(data_info.get("mean_steps") or 100)
+    render, data_info = renderer(data.modality), data.data_info()
+    steps = steps or data.mean_steps or 100
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     frames = model.sample_prior(n, steps=steps).cpu().numpy()

@@ -158,7 +158,8 @@ def test_registered_frame_model_serves_samples_through_pyfunc(trained):
     import numpy as np
     import pandas as pd
 
-    from seqlvm.checkpoint import resolve_checkpoint
+    from seqlvm.checkpoint import load_model, resolve_checkpoint
+    from seqlvm.operations import ModelOperations
     from seqlvm.tracking import registry
 
     modality, manifest, uri, run = trained
@@ -173,6 +174,13 @@ def test_registered_frame_model_serves_samples_through_pyfunc(trained):
         assert set(np.unique(np.concatenate(samples))) <= {0.0, 1.0}
     else:  # in the data's units again: pen bits stay bits, offsets and samples are real numbers
         assert np.isfinite(np.concatenate(samples)).all()
+    # frames in the data's units score as `seqlvm.operations` scores them (standardised as at preparation)
+    scored = served.predict(pd.DataFrame({"frames": [json.dumps(s.tolist()) for s in samples]}),
+                            params={"mode": "score", "samples": 3, "seed": 1})
+    expected = ModelOperations(load_model(f"models:/{modality}/{version}", uri)).score(
+        [s.tolist() for s in samples], samples=3, seed=1)
+    assert list(scored["steps"]) == [5, 9] and list(scored["iw_ll"]) == pytest.approx(expected["iw_ll"], rel=1e-5)
+    assert np.isfinite(scored["iw_ll"]).all() and (scored["iw_ll"] >= scored["elbo"] - 1e-3).all()
 
 
 def test_a_text_model_refuses_frame_data_in_one_line(trained, capsys):

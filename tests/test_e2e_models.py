@@ -95,8 +95,9 @@ def test_cli_evaluates_and_samples(trained, tmp_path, capsys):
         return
     assert cli.main(["sample", checkpoint, "--tracking-uri", uri, "--n", "3", "--max-len", "12"]) == 0
     assert "samples from the prior" in capsys.readouterr().out
-    model, vocab, _ = load_model(checkpoint, uri)
-    samples = generate.from_prior(model, vocab, 5, greedy=False, max_len=12)
+    loaded = load_model(checkpoint, uri)
+    vocab = loaded.data.vocab
+    samples = generate.from_prior(loaded.model, loaded.data, 5, greedy=False, max_len=12)
     if name == "nvdm":  # bags of vocabulary words, no order
         assert all(set(s.split()) <= set(vocab.words) and len(s.split()) == 11 for s in samples)  # and </s>
     else:  # character strings: words (dssm) or text fragments (hybrid-vae)

@@ -44,9 +44,11 @@ def test_training_logs_metrics_params_checkpoint_and_figures(trained):
 
 def test_checkpoint_from_mlflow_loads_and_samples_vocabulary_words(trained, shakespeare):
     _, result = trained
-    model, vocab, payload = load_model(f"runs:/{result.mlflow_run_id}/checkpoint", result.tracking_uri)
-    assert payload["step"] == 6 and model.config.latent_dim == 4
+    loaded = load_model(f"runs:/{result.mlflow_run_id}/checkpoint", result.tracking_uri)
+    model, vocab = loaded.model, loaded.data.vocab
+    assert loaded.payload["step"] == 6 and model.config.latent_dim == 4
     assert vocab.words == Vocab.load(shakespeare / "vocab.json").words
+    assert loaded.data.location == str(shakespeare) and loaded.data.tokenisation["tokenizer"] == "regex"
     ids = model.sample_prior(5, greedy=False, max_len=15)
     words = [w for row in ids for w in vocab.decode(row)]
     assert words and set(words) <= set(vocab.words)

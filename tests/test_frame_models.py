@@ -7,6 +7,7 @@ import pytest
 import torch
 from torch import distributions as D
 
+from pipelines.description import DataDescription
 from pipelines.errors import SeqlvmError
 from seqlvm.checkpoint import load_model, save_checkpoint
 from seqlvm.models import FrameModel, build_model, build_model_from_args
@@ -191,8 +192,8 @@ def test_frame_models_store_their_frame_dim_and_rebuild_from_it(name, tmp_path):
     before = {**{k: v for k, v in args.items() if k != "frame_dim"}, "vocab_size": FRAME}  # as written until now
     for rebuilt in (build_model_from_args(args), build_model_from_args(before)):
         assert type(rebuilt) is type(model) and rebuilt.frame_dim == FRAME and rebuilt.config == model.config
-    save_checkpoint(tmp_path, model)
-    loaded, vocab, _ = load_model(str(tmp_path))
-    assert vocab is None and loaded.frame_dim == FRAME
+    save_checkpoint(tmp_path, model, data=DataDescription("midi", frame_dim=FRAME).to_dict())
+    loaded = load_model(str(tmp_path))
+    assert not loaded.is_text and loaded.data.frame_dim == FRAME and loaded.model.frame_dim == FRAME
     for key, value in model.state_dict().items():
-        assert torch.equal(value, loaded.state_dict()[key])
+        assert torch.equal(value, loaded.model.state_dict()[key])

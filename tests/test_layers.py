@@ -2,7 +2,7 @@
 function-level alike, and modules named by `importlib.import_module("...")` or by a registry string such as
 "pipelines.audio:render_audio"), against docs/architecture.md:
 
-    seqlvm.cli        the command line: the only importer of tune
+    seqlvm.cli        the command line: the only importer of tune and of the service (seqlvm.serving)
     tune              sweeps: training only through its package, `seqlvm.training`
     seqlvm.training   the driver and the workers: imported by nothing below it
     seqlvm (rest)     tracking and the registry, cluster operations, checkpoints, evaluation, generation
@@ -82,6 +82,8 @@ def layer_violations(graph: dict[str, set[str]]) -> list[str]:
                 rule = "tune uses training's public API, the seqlvm.training package"
             elif within(target, "seqlvm.training") and not within(module, "seqlvm.training", "seqlvm.cli", "tune"):
                 rule = "training is above tracking, cluster operations, checkpoints and evaluation"
+            elif within(target, "seqlvm.serving") and not within(module, "seqlvm.serving", "seqlvm.cli"):
+                rule = "only the command line imports the service"
             if rule:
                 found.append(f"{module} imports {target}: {rule}")
     return found
@@ -133,7 +135,8 @@ def test_the_checks_catch_a_forbidden_import_and_a_cycle():
     for module, target in (("pipelines.stream", "seqlvm.models"), ("seqlvm.models.vrnn", "seqlvm.training"),
                            ("seqlvm.models.base", "mlflow"), ("seqlvm.training.driver", "tune.sweep"),
                            ("tune.sweep", "seqlvm.training.worker"), ("seqlvm.checkpoint", "seqlvm.training"),
-                           ("seqlvm.training.driver", "seqlvm.cli.output")):
+                           ("seqlvm.training.driver", "seqlvm.cli.output"),
+                           ("seqlvm.operations", "seqlvm.serving.service")):
         assert module in graph, module
         broken = {**graph, module: graph[module] | {target}}
         assert [v for v in layer_violations(broken) if v.startswith(f"{module} imports {target}:")], (module, target)

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from pipelines.stream import collate
+from pipelines.description import DataDescription
 from pipelines.vocab import SPECIALS
 from seqlvm.checkpoint import load_model, save_checkpoint
 from seqlvm.evaluation import active_units, evaluate, importance_weighted_nll, samples_per_chunk
@@ -151,12 +152,14 @@ def test_generation_returns_vocabulary_ids_and_stops():
 def test_checkpoint_round_trip_with_weights_only(tmp_path):
     model = small_vae(latent_samples=2)
     vocab = list(SPECIALS) + [f"w{i}" for i in range(VOCAB - 4)]
-    save_checkpoint(tmp_path, model, vocab=vocab, step=3, config={"model_name": "sentence-vae"})
-    loaded, loaded_vocab, payload = load_model(str(tmp_path))
-    assert payload["step"] == 3 and loaded_vocab.words == vocab
-    assert loaded.config == model.config
+    data = DataDescription("text", fingerprint="f", words=tuple(vocab),
+                           tokenisation={"lowercase": False, "tokenizer": "whitespace", "unit": "word"})
+    save_checkpoint(tmp_path, model, data=data.to_dict(), step=3, config={"model_name": "sentence-vae"})
+    loaded = load_model(str(tmp_path))
+    assert loaded.payload["step"] == 3 and loaded.data == data and loaded.data.vocab.words == vocab
+    assert loaded.model.config == model.config
     for key, value in model.state_dict().items():
-        assert torch.equal(value, loaded.state_dict()[key])
+        assert torch.equal(value, loaded.model.state_dict()[key])
 
 
 def test_a_corrupt_checkpoint_is_a_one_line_error(tmp_path):

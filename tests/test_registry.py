@@ -7,9 +7,12 @@ import json
 from pathlib import Path
 
 import mlflow
+import numpy as np
 import pandas as pd
 import pytest
 
+from pipelines.dataset import PreparedDataset
+from pipelines.description import DataDescription
 from pipelines.vocab import Vocab
 from seqlvm import cli, tracking
 from seqlvm.checkpoint import save_checkpoint
@@ -23,11 +26,10 @@ def make_checkpoint(folder, data_dir, seed: int):
     import torch
 
     torch.manual_seed(seed)
-    vocab = Vocab.load(data_dir / "vocab.json")
-    model = build_model("sentence-vae", {"embedding_dim": 16, "hidden_dim": 16, "latent_dim": 4}, len(vocab))
+    data = DataDescription.of_dataset(PreparedDataset.open(data_dir))
+    model = build_model("sentence-vae", {"embedding_dim": 16, "hidden_dim": 16, "latent_dim": 4}, data.input_size)
     folder.mkdir(parents=True)
-    return save_checkpoint(folder, model, optimizer={"state": {}}, step=1, config={}, vocab=vocab.words,
-                           data_dir=str(data_dir))
+    return save_checkpoint(folder, model, optimizer={"state": {}}, step=1, config={}, data=data.to_dict())
 
 
 @pytest.fixture(scope="module")
@@ -103,6 +105,39 @@ def test_registered_version_loads_with_plain_mlflow_and_samples(store, shakespea
     assert version.run_id and version.tags["seqlvm.data_fingerprint"] == "fp"
 
 
+def test_the_registered_model_answers_every_mode_as_the_operations_do(store):
+    """encode, score, sample and reconstruct through the plain MLflow client, each equal to what
+    `seqlvm.operations` (the service's code) answers for the same version; a bad mode or word is refused in one
+    line."""
+    from mlflow.exceptions import MlflowException
+
+    from seqlvm.checkpoint import load_model
+    from seqlvm.operations import ModelOperations
+    uri, _, _ = store
+    mlflow.set_tracking_uri(uri)
+    model = mlflow.pyfunc.load_model(f"models:/{NAME}/1")
+    operations = ModelOperations(load_model(f"models:/{NAME}/1", uri))
+    sentences = ["my lord , the king is dead .", "the king is here ."]
+    request = pd.DataFrame({"sentence": sentences})
+    encoded = model.predict(request, params={"mode": "encode"})
+    mean, variance = operations.encode(sentences)
+    assert np.allclose([json.loads(m) for m in encoded["mean"]], mean, atol=1e-6)
+    assert np.allclose([json.loads(v) for v in encoded["variance"]], variance, atol=1e-6)
+    scored = model.predict(request, params={"mode": "score", "samples": 4, "seed": 2})
+    expected = operations.score(sentences, samples=4, seed=2)
+    assert list(scored["iw_ll"]) == pytest.approx(expected["iw_ll"]) and list(scored["samples"]) == [4, 4]
+    assert (scored["iw_ll"] >= scored["elbo"] - 1e-4).all() and list(scored["steps"]) == [9, 6]
+    sampled = model.predict(request, params={"mode": "sample", "seed": 3, "max_len": 6})
+    assert list(sampled["source"]) == ["prior", "prior"]
+    assert list(sampled["output"]) == operations.sample(2, seed=3, max_len=6)
+    rebuilt = model.predict(request, params={"mode": "reconstruct", "max_len": 6})
+    assert list(rebuilt["output"]) == operations.reconstruct(sentences, max_len=6)
+    with pytest.raises(MlflowException, match="mode='nonsense'"):
+        model.predict(request, params={"mode": "nonsense"})
+    with pytest.raises(MlflowException, match="outside the model's vocabulary.*zyzzyva"):
+        model.predict(pd.DataFrame({"sentence": ["the zyzzyva is here"]}), params={"mode": "score"})
+
+
 def test_a_registered_version_is_linked_to_its_runs_logged_model(store):
     """What the MLflow UI follows: the run lists the logged model as its output (the runs table's Models column),
     the logged model names its run and the versions registered from it, and the version's source is the model."""
@@ -120,8 +155,8 @@ def test_a_registered_version_is_linked_to_its_runs_logged_model(store):
 def test_weights_only_checkpoint_drops_the_optimizer(store, tmp_path):
     from seqlvm.checkpoint import load_model
     uri, _, _ = store
-    model, vocab, payload = load_model(f"models:/{NAME}/1", uri)
-    assert "optimizer" not in payload and payload["step"] == 1 and model.config.latent_dim == 4
+    loaded = load_model(f"models:/{NAME}/1", uri)
+    assert "optimizer" not in loaded.payload and loaded.payload["step"] == 1 and loaded.model.config.latent_dim == 4
 
 
 def test_cli_promote_rollback_list_show(store, capsys):

@@ -15,6 +15,7 @@ import pytest
 from rich.console import Console
 
 from pipelines.dataset import PreparedDataset
+from pipelines.description import DataDescription
 from pipelines.epoch_reading import ShardsInMemory, StreamedWindows, epoch_batches
 from pipelines.epochs import Batching, EpochPlanner
 from pipelines.errors import SeqlvmError
@@ -58,7 +59,7 @@ def test_file_uri_round_trip(tmp_path, corpus):
     # what train/tune/evaluate read first
     loaded, _ = prepare_run(TrainRequest(data_dir=uri))
     assert loaded.fingerprint == manifest["fingerprint"] and loaded.vocab.words == Vocab.of_dataset(local).words
-    check_same_kind_of_data({"vocab": loaded.vocab.words}, loaded)
+    check_same_kind_of_data(DataDescription.of_dataset(PreparedDataset.open(local)), loaded)
 
     out = io.StringIO()
     prepare_text(str(corpus), uri, TextOptions(**OPTIONS), console=Console(file=out))

@@ -7,10 +7,10 @@ import os
 
 from pipelines.errors import SeqlvmError
 from seqlvm import run_log
-from seqlvm.cli import cluster, data, registry, sample, sweep, train
+from seqlvm.cli import cluster, data, registry, sample, score, serve, sweep, train
 from seqlvm.cli.output import console
 
-GROUPS = (data, train, sweep, registry, sample, cluster)
+GROUPS = (data, train, sweep, registry, sample, score, serve, cluster)
 COMMANDS = {name: command for group in GROUPS for name, command in group.COMMANDS.items()}
 
 

@@ -27,14 +27,14 @@ def add_parsers(sub) -> None:
     sample.add_argument("--tracking-uri", help="MLflow tracking URI for runs:/ and models:/ checkpoints")
 
 
-def prior_table(model, vocab, n: int, temperature: float = 1.0, max_len: int = 40, title: str = "") -> Table:
+def prior_table(model, data, n: int, temperature: float = 1.0, max_len: int = 40, title: str = "") -> Table:
     from seqlvm import generate
 
     table = Table(title=title or "samples from the prior")
     table.add_column("greedy")
     table.add_column(f"sampled (T={temperature})")
-    greedy = generate.from_prior(model, vocab, n, greedy=True, max_len=max_len)
-    sampled = generate.from_prior(model, vocab, n, greedy=False, max_len=max_len, temperature=temperature)
+    greedy = generate.from_prior(model, data, n, greedy=True, max_len=max_len)
+    sampled = generate.from_prior(model, data, n, greedy=False, max_len=max_len, temperature=temperature)
     for g, s in zip(greedy, sampled):
         table.add_row(g, s)
     return table
@@ -47,20 +47,21 @@ def cmd_sample(args) -> None:
     from seqlvm.checkpoint import load_model
 
     torch.manual_seed(args.seed)
-    model, vocab, payload = load_model(args.checkpoint, args.tracking_uri)
-    if vocab is None:
-        sample_frames(args, model, payload)
+    loaded = load_model(args.checkpoint, args.tracking_uri)
+    model, data = loaded.model, loaded.data
+    if not data.is_text:
+        sample_frames(args, loaded)
         return
-    out.print(prior_table(model, vocab, args.n, args.temperature, args.max_len))
+    out.print(prior_table(model, data, args.n, args.temperature, args.max_len))
     if args.sentence:
         table = Table(title="decoded from the posterior")
-        for column in ("input", "mean (greedy)", "posterior samples (greedy)"):
+        for column in ("input, as the model reads it", "mean (greedy)", "posterior samples (greedy)"):
             table.add_column(column)
-        for sentence, mean, samples in generate.from_posterior(model, vocab, args.sentence, max_len=args.max_len):
-            table.add_row(sentence, mean, "\n".join(samples))
+        for sentence, mean, samples in generate.from_posterior(model, data, args.sentence, max_len=args.max_len):
+            table.add_row(data.text(data.encode_sentences([sentence])[0]), mean, "\n".join(samples))
         out.print(table)
     if args.between:
-        path = generate.homotopy(model, vocab, *args.between, steps=args.steps, max_len=args.max_len)
+        path = generate.homotopy(model, data, *args.between, steps=args.steps, max_len=args.max_len)
         table = Table(title="homotopy", caption=f"{len(set(path))} different sentences on the path")
         table.add_column("t", justify="right")
         table.add_column("greedy decode")
@@ -69,12 +70,12 @@ def cmd_sample(args) -> None:
         out.print(table)
 
 
-def rendered_samples(model, payload: dict, n: int, length: int | None, folder: str, title: str):
+def rendered_samples(loaded, n: int, length: int | None, folder: str, title: str):
     """Render n prior samples of a frame model into `folder`. Returns (a table of the files, their paths)."""
     from seqlvm.render import render_prior_samples
 
-    paths = render_prior_samples(model, payload["data_info"], n, length, folder)
-    table = Table(title=f"{title} ({payload['data_info']['modality']})")
+    paths = render_prior_samples(loaded.model, loaded.data, n, length, folder)
+    table = Table(title=f"{title} ({loaded.data.modality})")
     table.add_column("file")
     table.add_column("bytes", justify="right")
     for path in paths:
@@ -82,7 +83,7 @@ def rendered_samples(model, payload: dict, n: int, length: int | None, folder: s
     return table, paths
 
 
-def sample_frames(args, model, payload: dict) -> None:
+def sample_frames(args, loaded) -> None:
     """Render prior samples of a frame model into files, list them, and log them to the model's MLflow run."""
     from pathlib import Path
 
@@ -90,10 +91,10 @@ def sample_frames(args, model, payload: dict) -> None:
 
     if args.sentence or args.between:
         raise SeqlvmError(f"{args.checkpoint}: --sentence and --between need a text model")
-    table, paths = rendered_samples(model, payload, args.n, args.length, args.out,
+    table, paths = rendered_samples(loaded, args.n, args.length, args.out,
                                     f"{args.n} samples from the prior of {args.checkpoint}")
     out.print(table)
-    run_id = payload.get("mlflow_run_id")
+    run_id = loaded.payload.get("mlflow_run_id")
     if args.no_log or not run_id:
         return
     uri = tracking.resolve_tracking_uri(args.tracking_uri, Path("runs").absolute())

@@ -90,12 +90,12 @@ def cmd_tune(args) -> None:
         from seqlvm.checkpoint import load_model
         torch.manual_seed(args.seed)
         uri = f"models:/{result.registered_name}/{result.version}"
-        model, vocab, payload = load_model(uri, result.tracking_uri)  # read back from the registry
-        if vocab is None:
+        loaded = load_model(uri, result.tracking_uri)  # read back from the registry
+        if not loaded.is_text:
             folder = f"{args.workdir}/samples/{result.registered_name}-{result.version}"
-            out.print(rendered_samples(model, payload, args.samples, None, folder, f"samples from {uri}")[0])
+            out.print(rendered_samples(loaded, args.samples, None, folder, f"samples from {uri}")[0])
         else:
-            out.print(prior_table(model, vocab, args.samples, title=f"samples from {uri}"))
+            out.print(prior_table(loaded.model, loaded.data, args.samples, title=f"samples from {uri}"))
 
 
 LATENT_USE_ROWS = (

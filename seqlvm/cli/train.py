@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from seqlvm.cli.output import console, metrics_table, out
+from seqlvm.cli.score import add_scoring_flags, check_count, scoring_placement
 
 STORAGE_HELP = ("where Ray keeps checkpoints: a URI (s3://bucket/prefix, gs://...) or a folder every node sees; "
                 "needed on a multi-node cluster (default: WORKDIR/ray, WORKDIR/tune)")
@@ -40,8 +41,6 @@ def add_parsers(sub) -> None:
     evaluate.add_argument("--data", help="prepared data (default: the data the model was trained on)")
     evaluate.add_argument("--split", default="test", choices=["train", "valid", "test"])
     evaluate.add_argument("--samples", type=int, default=500, help="importance samples per sentence")
-    evaluate.add_argument("--chunk", type=int, help="importance samples decoded at once (default: what fits "
-                                                    "a 256 MB logits budget)")
     evaluate.add_argument("--limit", type=int, help="evaluate only the first N sentences")
     evaluate.add_argument("--word-samples", type=int, default=100,
                           help="words datasets: importance samples per word type for the cross-entropies to the "
@@ -50,6 +49,7 @@ def add_parsers(sub) -> None:
                           help="sentence latents: sentences decoded greedily from their posterior mean and scored "
                                "against their input (F1, BLEU-4, distinct share); 0 for none (default 500)")
     evaluate.add_argument("--tracking-uri", help="MLflow tracking URI for runs:/ and models:/ checkpoints")
+    add_scoring_flags(evaluate)
 
     sub.add_parser("models", help="list the registered model names")
 
@@ -73,9 +73,11 @@ def cmd_train(args) -> None:
 def cmd_evaluate(args) -> None:
     from seqlvm.training import evaluate_checkpoint
 
+    check_count("--samples", args.samples, 0)
     metrics = evaluate_checkpoint(args.checkpoint, args.data, args.split, iw_samples=args.samples,
-                                  chunk=args.chunk, limit=args.limit, tracking_uri=args.tracking_uri,
-                                  console=console, word_samples=args.word_samples, decodes=args.decodes)
+                                  limit=args.limit, tracking_uri=args.tracking_uri,
+                                  console=console, word_samples=args.word_samples, decodes=args.decodes,
+                                  scoring=scoring_placement(args))
     out.print(metrics_table(f"{args.checkpoint} on {args.split}", {args.split: metrics}))
 
 

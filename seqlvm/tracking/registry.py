@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from pipelines.description import DataDescription
 from pipelines.errors import SeqlvmError
 from seqlvm import package_folders, tracking
 from seqlvm.tracking.datasets import corpus_of
@@ -26,17 +27,28 @@ MODEL_CODE = Path(__file__).resolve().parent / "pyfunc_model.py"
 
 
 def _signature(text: bool):
+    """The pyfunc model's inputs, outputs and parameters (seqlvm/tracking/pyfunc_model.py): columns that only
+    some modes read or write are optional."""
     from mlflow.models import ModelSignature
     from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
-    if not text:  # frame models: how many steps to sample in, frames (JSON, in the data's units) out
-        return ModelSignature(inputs=Schema([ColSpec("long", "steps")]),
-                              outputs=Schema([ColSpec("long", "steps"), ColSpec("string", "frames")]),
-                              params=ParamSchema([ParamSpec("seed", "long", 0)]))
+
+    from seqlvm.operations import DEFAULT_OPTIONS
+    kinds = {bool: "boolean", int: "long", float: "double", str: "string"}
+    params = ParamSchema([ParamSpec(name, kinds[type(value)], value)
+                          for name, value in {"mode": "auto", **DEFAULT_OPTIONS}.items()])
+    scores = [ColSpec("double", name, required=False)
+              for name in ("elbo", "iw_ll", "elbo_per_step", "iw_ll_per_step", "kl")]
+    scores += [ColSpec("long", "samples", required=False)]
+    if not text:  # frame models: steps to sample in, or frames (JSON, in the data's units) to score
+        return ModelSignature(
+            inputs=Schema([ColSpec("long", "steps", required=False), ColSpec("string", "frames", required=False)]),
+            outputs=Schema([ColSpec("long", "steps", required=False), ColSpec("string", "frames", required=False),
+                            *scores]), params=params)
     return ModelSignature(
         inputs=Schema([ColSpec("string", "sentence")]),
-        outputs=Schema([ColSpec("string", "sentence"), ColSpec("string", "output"), ColSpec("string", "source")]),
-        params=ParamSchema([ParamSpec("temperature", "double", 1.0), ParamSpec("greedy", "boolean", False),
-                            ParamSpec("seed", "long", 0), ParamSpec("max_len", "long", 40)]))
+        outputs=Schema([ColSpec("string", "sentence"), *[ColSpec("string", name, required=False)
+                                                         for name in ("output", "source", "mean", "variance")],
+                        ColSpec("long", "steps", required=False), *scores]), params=params)
 
 
 def default_registered_name(model_name: str, data_source: str) -> str:
@@ -95,7 +107,7 @@ def register_checkpoint(tracking_uri: str, run_id: str, checkpoint: Path, name: 
             info = mlflow.pyfunc.log_model(
                 # "Models from code": MLflow runs this file on load; no Python object is pickled.
                 name="model", python_model=str(MODEL_CODE),
-                signature=_signature(text=payload.get("vocab") is not None),
+                signature=_signature(text=DataDescription.of_checkpoint(payload).is_text),
                 artifacts={"checkpoint": str(weights), "data_manifest": str(manifest_path)},
                 # The code travels with the model, so it loads where seqlvm is not installed.
                 code_paths=[str(path) for path in model_code_paths()],

@@ -117,7 +117,7 @@ def log_frame_samples(checkpoint_dir: str, tracking_uri: str, run_id: str) -> No
 
     from seqlvm.render import render_prior_samples
     torch.manual_seed(0)
-    model, _, payload = load_model(checkpoint_dir)
+    loaded = load_model(checkpoint_dir)
     with tempfile.TemporaryDirectory() as tmp:
-        paths = render_prior_samples(model, payload["data_info"], FINAL_SAMPLES, None, tmp)
+        paths = render_prior_samples(loaded.model, loaded.data, FINAL_SAMPLES, None, tmp)
         tracking.log_samples(tracking_uri, run_id, paths)

@@ -15,9 +15,10 @@ import torch
 import torch.distributed as dist
 
 from pipelines.dataset import PreparedDataset
+from pipelines.description import DataDescription
 from pipelines.epoch_reading import PlannedBatch, epoch_batches, filler_batch
 from pipelines.epochs import EpochPosition
-from pipelines.stream import layout_of, ray_batches
+from pipelines.stream import ray_batches
 from seqlvm.checkpoint import read_checkpoint, save_checkpoint
 from seqlvm.evaluation import TOTAL_KEYS, CollapseGuard, LatentPosteriors, add_totals, decode_sample, summarize
 from seqlvm.run_log import duration, progress
@@ -37,10 +38,7 @@ VALIDATION_DECODES = 200
 class WorkerTask:
     """What each Ray Train worker of a run is given: the run spec, and where its data and MLflow run are."""
     spec: RunSpec
-    data_location: str
-    input_size: int  # the vocabulary's size, or the frame size
-    vocab: list[str] | None
-    data_info: dict  # kept in every checkpoint
+    data: DataDescription  # kept in every checkpoint
     tracking_uri: str
     mlflow_run_id: str
     batch_log: str | None = None  # the file each worker appends its batches' rows to (train.batch_log)
@@ -48,8 +46,7 @@ class WorkerTask:
     @classmethod
     def of(cls, spec: RunSpec, dataset: PreparedDataset, run: TrackedRun, batch_log: str | None = None
            ) -> "WorkerTask":
-        return cls(spec, dataset.location, dataset.input_size, dataset.vocab.words if dataset.is_text else None,
-                   dataset.data_info(), run.tracking_uri, run.run_id, batch_log)
+        return cls(spec, DataDescription.of_dataset(dataset), run.tracking_uri, run.run_id, batch_log)
 
 
 def all_reduce_sum(values: dict[str, float], device) -> dict[str, float]:
@@ -99,12 +96,12 @@ class Trainer:
         self.rank, self.world = context.get_world_rank(), context.get_world_size()
         torch.manual_seed(self.cfg.seed * 1000 + self.rank)
         self.device = ray.train.torch.get_device()
-        self.net = task.spec.build_model(task.input_size)
-        self.layout = layout_of(task.data_info)
+        self.net = task.spec.build_model(task.data.input_size)
+        self.layout = task.data.layout
         self.optimizer = make_optimizer(self.net, self.cfg)
         self.step, self.epoch, self.skipped, self.consecutive_nonfinite = 0, 0, 0, 0
         self.epoch_step = 0  # steps taken in this epoch: where its plan continues
-        dataset = PreparedDataset.open(task.data_location)
+        dataset = PreparedDataset.open(task.data.location)
         self.planner = epoch_planner(dataset, self.cfg, self.world)
         self.windows = window_source(dataset, self.planner)
         self.stop_reason: str | None = None
@@ -218,8 +215,7 @@ class Trainer:
             save_checkpoint(Path(folder), self.net, optimizer=self.optimizer.state_dict(), step=self.step,
                             epoch=self.epoch, skipped_steps=self.skipped, config=self.task.spec.to_dict(),
                             position=dataclasses.asdict(EpochPosition(self.epoch, self.epoch_step, self.world)),
-                            vocab=self.task.vocab, data_info=self.task.data_info,
-                            data_dir=self.task.data_location, mlflow_run_id=self.task.mlflow_run_id,
+                            data=self.task.data.to_dict(), mlflow_run_id=self.task.mlflow_run_id,
                             pending_metrics=self.outbox.pending)
             # Before reporting: a sweep's scheduler may end this trial as soon as it sees the report.
             self._deliver()
@@ -316,7 +312,7 @@ class Trainer:
         eta = f" | ETA {duration(remaining * seconds / self.cfg.log_every)}" if remaining < float("inf") else ""
         progress(f"step {self.step:>6} | epoch {self.epoch} | nll bound {bound:8.2f} | "
                  f"kl {metrics.get('train/kl', 0.0):6.2f} | kl weight {metrics['train/kl_weight']:.3f} | "
-                 f"{metrics['train/tokens_per_sec']:8.0f} {'tok' if self.layout.frame_dim is None else 'steps'}/s"
+                 f"{metrics['train/tokens_per_sec']:8.0f} {'tok' if self.task.data.is_text else 'steps'}/s"
                  f"{eta}")
 
     def _evaluate_and_report(self, valid_shard) -> None:
@@ -329,7 +325,7 @@ class Trainer:
                        collapsed=float(guard.collapse(validation) is not None))
         if self.rank == 0:
             self.outbox.add({k: v for k, v in metrics.items() if k.startswith("valid/")}, self.step)
-            quality = (f"ppl {metrics['valid/ppl_bound']:8.1f}" if self.layout.frame_dim is None
+            quality = (f"ppl {metrics['valid/ppl_bound']:8.1f}" if self.task.data.is_text
                        else f"elbo/step {metrics['valid/elbo_per_step']:8.3f}")
             latent = (f" | MI {validation['mutual_info']:5.2f} | active units {validation['active_units']:.0f}"
                       if "mutual_info" in validation else "")
