@@ -84,3 +84,36 @@ def test_sending_again_and_replaying_after_a_restart_duplicate_nothing(server):
     values = {m.step: m.value for m in tracking.client(uri).get_metric_history(run_id, "train/loss")}
     assert values[40] == pytest.approx(1.0 / 40) and values[50] == pytest.approx(2.0 / 50)
     assert max(Counter(steps_of(uri, run_id, "train/loss")).values()) == 1
+
+
+def test_runs_that_log_the_same_new_dataset_at_once_each_get_it(server, tmp_path):
+    """Two jobs training on one corpus open their runs at once: both insert the new dataset, and the server refuses
+    the loser on its unique constraint. Each run must still get its input (seen on the cluster, where one of two
+    concurrent jobs failed at its start)."""
+    import dataclasses
+    import threading
+
+    from pipelines.dataset import PreparedDataset
+    from pipelines.text import TextOptions, prepare_text
+    from seqlvm.tracking.datasets import log_training_dataset
+    uri = server[0]
+    (tmp_path / "corpus.txt").write_text("".join(f"line {i} of the corpus .\n" for i in range(60)))
+    prepare_text(str(tmp_path / "corpus.txt"), tmp_path / "data", TextOptions(layout="lines"))
+    prepared, failures = PreparedDataset.open(tmp_path / "data"), []
+    for round_ in range(6):
+        dataset = dataclasses.replace(prepared, fingerprint=f"round-{round_}")  # a dataset new to the store
+        runs = [new_run(uri) for _ in range(4)]
+
+        def log(run_id: str) -> None:
+            try:
+                log_training_dataset(uri, run_id, dataset)
+            except Exception as exc:  # noqa: BLE001 - the assertion below names it
+                failures.append(str(exc).splitlines()[0])
+
+        threads = [threading.Thread(target=log, args=(run_id,)) for run_id in runs]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        client = tracking.client(uri)
+        assert not failures and all(client.get_run(run_id).inputs.dataset_inputs for run_id in runs), failures

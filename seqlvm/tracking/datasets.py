@@ -38,9 +38,17 @@ def mlflow_dataset(dataset: PreparedDataset):
 
 def log_training_dataset(tracking_uri: str, run_id: str, dataset: PreparedDataset) -> None:
     """Log the corpus as the run's training input. Logging it again (a resumed run) adds nothing: MLflow's stores
-    keep one dataset per name and digest, and one input per dataset and run."""
+    keep one dataset per name and digest, and one input per dataset and run. Two runs that log the same new
+    dataset at once race to insert it, and the loser's request fails on the store's unique constraint: its
+    second try finds the dataset there."""
     from mlflow.entities import DatasetInput, InputTag
+    from mlflow.exceptions import MlflowException
     from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 
-    context = InputTag(MLFLOW_DATASET_CONTEXT, TRAINING_CONTEXT)
-    client(tracking_uri).log_inputs(run_id, [DatasetInput(mlflow_dataset(dataset), [context])])
+    inputs = [DatasetInput(mlflow_dataset(dataset), [InputTag(MLFLOW_DATASET_CONTEXT, TRAINING_CONTEXT)])]
+    try:
+        client(tracking_uri).log_inputs(run_id, inputs)
+    except MlflowException as exc:
+        if "unique constraint" not in str(exc).lower():
+            raise
+        client(tracking_uri).log_inputs(run_id, inputs)
