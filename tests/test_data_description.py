@@ -1,7 +1,8 @@
 """A model's inputs are encoded exactly as its corpus was prepared: the `DataDescription` a checkpoint carries
 (vocabulary and tokenisation options) is what `seqlvm sample --sentence`, the registered MLflow model and the
-service (real Ray Serve on 127.0.0.1, a real HTTP client) read sentences with. A corpus prepared with non-default tokenisation (case kept, whitespace tokens)
-round-trips a sentence identically; read with the default options, every one of its tokens would be unknown."""
+service (real Ray Serve on 127.0.0.1, a real HTTP client) read sentences with. A corpus prepared with
+non-default tokenisation (case kept, whitespace tokens) round-trips a sentence identically; read with the
+default options, every one of its tokens would be unknown."""
 from __future__ import annotations
 
 import json
