@@ -12,6 +12,7 @@ from functools import cached_property
 import numpy as np
 
 from pipelines.errors import SeqlvmError
+from pipelines.frames import denormalise
 from pipelines.stream import Layout, layout_for
 from pipelines.text import TextOptions, tokenize
 from pipelines.vocab import UNK_ID, Vocab
@@ -149,8 +150,4 @@ class DataDescription:
 
     def in_data_units(self, frames) -> np.ndarray:
         """The model's (standardised) frames back in the data's units."""
-        array = np.array(frames, dtype=np.float32, copy=True)
-        norm = self.normalisation
-        if norm:
-            array[..., norm["dims"]] = array[..., norm["dims"]] * np.asarray(norm["std"]) + np.asarray(norm["mean"])
-        return array
+        return denormalise(frames, self.data_info())

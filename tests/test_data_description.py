@@ -15,6 +15,7 @@ import torch
 
 from pipelines.dataset import PreparedDataset
 from pipelines.description import DataDescription
+from pipelines.errors import SeqlvmError
 from pipelines.stream import collate
 from pipelines.text import TextOptions, tokenize
 from seqlvm import cli, tracking
@@ -104,3 +105,15 @@ def test_the_service_encodes_as_preparation_did(prepared, ray_session):
     expected, _ = model.eval().encode(collate([prepared_ids(dataset)]))
     assert answer.status_code == 200 and answer.json()["mean"][0] == pytest.approx(expected[0].tolist(), abs=1e-6)
     assert refused.status_code == 400 and "hello" in refused.json()["detail"]
+
+
+def test_frames_in_the_datas_units_are_standardised_and_back():
+    """Pen offsets standardised as preparation stored them (dims 0-1; the pen bit left alone), and back."""
+    data = DataDescription("strokes", frame_dim=3, normalisation={"dims": [0, 1], "mean": [2.0, -1.0],
+                                                                  "std": [4.0, 0.5]})
+    frames = np.array([[6.0, -1.5, 1.0], [2.0, 0.0, 0.0]], dtype=np.float32)
+    standardised = data.standardised(frames)
+    assert standardised.tolist() == [[1.0, -1.0, 1.0], [0.0, 2.0, 0.0]]
+    assert data.in_data_units(standardised).tolist() == frames.tolist()
+    with pytest.raises(SeqlvmError, match=r"frames of shape \(2, 2\): this model reads \(steps, 3\)"):
+        data.standardised(frames[:, :2])
