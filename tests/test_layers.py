@@ -2,8 +2,10 @@
 function-level alike, and modules named by `importlib.import_module("...")` or by a registry string such as
 "pipelines.audio:render_audio"), against docs/architecture.md:
 
-    seqlvm.cli        the command line: the only importer of tune and of the service (seqlvm.serving)
-    tune              sweeps: training only through its package, `seqlvm.training`
+    seqlvm.cli        the command line: the only importer of tune, of the service (seqlvm.serving) and of the
+                      reproductions (seqlvm.reproduction)
+    tune, seqlvm.reproduction
+                      sweeps and the papers' tables: training only through its package, `seqlvm.training`
     seqlvm.training   the driver and the workers: imported by nothing below it
     seqlvm (rest)     tracking and the registry, cluster operations, checkpoints, evaluation, generation
     seqlvm.models     models and maths (with seqlvm.objectives): nothing of seqlvm above them, no Ray, no MLflow
@@ -78,9 +80,13 @@ def layer_violations(graph: dict[str, set[str]]) -> list[str]:
                 rule = "only the command line imports tune"
             elif within(target, "seqlvm.cli") and not within(module, "seqlvm.cli"):
                 rule = "nothing imports the command line"
-            elif within(module, "tune") and within(target, "seqlvm.training") and target != "seqlvm.training":
-                rule = "tune uses training's public API, the seqlvm.training package"
-            elif within(target, "seqlvm.training") and not within(module, "seqlvm.training", "seqlvm.cli", "tune"):
+            elif within(module, "tune", "seqlvm.reproduction") and within(target, "seqlvm.training") \
+                    and target != "seqlvm.training":
+                rule = "tune and the reproductions use training's public API, the seqlvm.training package"
+            elif within(target, "seqlvm.reproduction") and not within(module, "seqlvm.reproduction", "seqlvm.cli"):
+                rule = "only the command line imports the reproductions"
+            elif within(target, "seqlvm.training") and not within(module, "seqlvm.training", "seqlvm.cli", "tune",
+                                                                  "seqlvm.reproduction"):
                 rule = "training is above tracking, cluster operations, checkpoints and evaluation"
             elif within(target, "seqlvm.serving") and not within(module, "seqlvm.serving", "seqlvm.cli"):
                 rule = "only the command line imports the service"
@@ -136,7 +142,8 @@ def test_the_checks_catch_a_forbidden_import_and_a_cycle():
                            ("seqlvm.models.base", "mlflow"), ("seqlvm.training.driver", "tune.sweep"),
                            ("tune.sweep", "seqlvm.training.worker"), ("seqlvm.checkpoint", "seqlvm.training"),
                            ("seqlvm.training.driver", "seqlvm.cli.output"),
-                           ("seqlvm.operations", "seqlvm.serving.service")):
+                           ("seqlvm.operations", "seqlvm.serving.service"),
+                           ("seqlvm.reproduction.fit", "seqlvm.training.local"), ("tune.sweep", "seqlvm.reproduction")):
         assert module in graph, module
         broken = {**graph, module: graph[module] | {target}}
         assert [v for v in layer_violations(broken) if v.startswith(f"{module} imports {target}:")], (module, target)

@@ -1,4 +1,5 @@
-"""The `seqlvm` command line: prepare, train, tune, registry, evaluate, sample, models, submit, jobs, cluster.
+"""The `seqlvm` command line: prepare, train, tune, registry, evaluate, sample, models, submit, jobs, cluster,
+reproduce.
 Each command group has a module with its parsers (`add_parsers`) and its commands (`COMMANDS`)."""
 from __future__ import annotations
 
@@ -7,10 +8,10 @@ import os
 
 from pipelines.errors import SeqlvmError
 from seqlvm import run_log
-from seqlvm.cli import cluster, data, registry, sample, score, serve, sweep, train
+from seqlvm.cli import cluster, data, registry, reproduce, sample, score, serve, sweep, train
 from seqlvm.cli.output import console
 
-GROUPS = (data, train, sweep, registry, sample, score, serve, cluster)
+GROUPS = (data, train, sweep, registry, sample, score, serve, cluster, reproduce)
 COMMANDS = {name: command for group in GROUPS for name, command in group.COMMANDS.items()}
 
 

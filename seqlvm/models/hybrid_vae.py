@@ -181,7 +181,7 @@ class HybridVAE(TextModel):
     @classmethod
     def sweep_recipe(cls, max_steps: int) -> dict:
         # seqlvm/configs/hybrid-vae.yaml's recipe: the auxiliary reconstruction term (alpha) keeps the KL above
-        # zero (benchmarks/hybrid_alpha.py), with a linear KL warm-up over the first third of training.
+        # zero (`seqlvm reproduce hybrid`), with a linear KL warm-up over the first third of training.
         return {
             "model.lm": "lstm", "train.batch_size": 64, "train.kl_anneal": "linear",
             "train.kl_warmup_steps": max(1, max_steps // 3),

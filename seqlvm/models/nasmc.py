@@ -42,7 +42,8 @@ Our choices where the paper is silent: the MDN's means and scales are a residual
 resampling scheme. `bootstrap: true` gives the paper's "LV-RNN (Bootstrap)" column: the transition as proposal.
 
 `smc` and `markov_step` are pure and model-agnostic: the tests run them on a linear-Gaussian model against a
-Kalman filter, and benchmarks/nasmc_ssm.py on the classic nonlinear state-space model.
+Kalman filter, and `seqlvm reproduce nasmc-ssm` on the classic nonlinear state-space model
+(seqlvm/models/nonlinear_ssm.py).
 """
 from __future__ import annotations
 
