@@ -104,3 +104,17 @@ def shakespeare(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("data") / "shakespeare"
     prepare_text("builtin:shakespeare", out, TextOptions(vocab_size=2000, max_length=30))
     return out
+
+
+@pytest.fixture(scope="session")
+def shakespeare_small_splits(tmp_path_factory) -> Path:
+    """The built-in corpus prepared as `shakespeare` is, but with 1 % of it for validation and 1 % for test (about
+    450 sequences each, not 2,400): for the runs that end by evaluating whole splits, a sequence at a time (a
+    training run's test NLL, the evaluation a sweep registers its best trial with), where a test checks what is
+    logged and registered, not the split's size."""
+    from pipelines.text import TextOptions, prepare_text
+
+    out = tmp_path_factory.mktemp("data") / "shakespeare-small-splits"
+    prepare_text("builtin:shakespeare", out, TextOptions(vocab_size=2000, max_length=30, valid_fraction=0.01,
+                                                         test_fraction=0.01))
+    return out

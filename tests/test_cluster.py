@@ -36,6 +36,7 @@ TINY = ["--model", "rnnlm", "--no-final-eval", "model.embedding_dim=32", "model.
         "train.batch_size=16", "train.log_every=10", "train.eval_every=40", "train.eval_batches=2"]
 TINY_VAE = ["model.embedding_dim=32", "model.hidden_dim=32", "model.latent_dim=4", "train.batch_size=32",
             "train.log_every=10", "train.eval_every=10", "train.eval_batches=2"]
+SWEEP_MODEL = "cluster-sweep-vae"
 
 
 @pytest.fixture(scope="module")
@@ -58,6 +59,28 @@ def client_env(state) -> dict[str, str]:
 def seqlvm(state, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "seqlvm.cli", *args], env=client_env(state), cwd=REPO,
                           capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def submitted_sweep(cluster, shakespeare_small_splits, tmp_path_factory):
+    """(the `seqlvm submit --follow` process, the files of its stdout and stderr, the sweep's workdir) of the card's
+    central use: a 2-trial sweep sent as a job, not waited for here. The jobs test asks for it, so that the sweep
+    runs beside its two jobs, which mostly wait on Ray's processes starting; one trial at a time, so that its
+    worker and theirs leave the cluster CPUs for their data's read tasks."""
+    root = tmp_path_factory.mktemp("cluster-sweep")
+    stdout, stderr = root / "submit.out", root / "submit.err"
+    with open(stdout, "w") as out, open(stderr, "w") as err:
+        submitting = subprocess.Popen(
+            [sys.executable, "-m", "seqlvm.cli", "submit", "--follow", "--", "seqlvm", "tune", "--data",
+             str(shakespeare_small_splits), "--num-samples", "2", "--max-concurrent", "1", "--max-steps", "20",
+             "--scheduler", "none", "--name", "cluster-sweep", "--registered-name", SWEEP_MODEL, "--workdir",
+             str(root / "work"), "--iw-samples", "2", "--samples", "1",
+             "--allow-collapsed", *TINY_VAE],  # 20 steps teach a latent little: no collapse guard
+            env=client_env(cluster), cwd=REPO, stdout=out, stderr=err, text=True)
+    yield submitting, stdout, stderr, root / "work"
+    if submitting.poll() is None:
+        submitting.kill()
+        submitting.wait()
 
 
 def train_worker_pids(state, submission_id: str) -> list[int]:
@@ -95,6 +118,7 @@ def test_servers_bind_loopback_and_the_jobs_api_needs_the_token(cluster):
             socket.create_connection((outside, int(url.rsplit(":", 1)[1])), timeout=60).close()
 
 
+@pytest.mark.usefixtures("submitted_sweep")  # the sweep runs meanwhile
 def test_jobs_by_cli_and_by_hand_and_a_killed_train_worker(cluster, shakespeare, tmp_path):
     """Two jobs at once: a short run sent with `ray job submit` by hand, and a 2-worker run sent with `seqlvm
     submit` whose worker is killed by PID after its first committed checkpoint. The killed run logs its batches
@@ -209,17 +233,15 @@ def test_a_job_runs_the_code_it_carries_not_the_folder_it_starts_in(cluster):
     assert all("/runtime_resources/py_modules_files/_ray_pkg_" in file for file in files), files
 
 
-def test_a_submitted_sweep_registers_a_champion_that_loads_from_its_own_code(cluster, shakespeare, tmp_path):
+def test_a_submitted_sweep_registers_a_champion_that_loads_from_its_own_code(cluster, submitted_sweep,
+                                                                              shakespeare_small_splits, tmp_path):
     """The card's central use: a sweep sent with `seqlvm submit`, its best checkpoint registered as champion on the
     cluster's MLflow server, loaded by `mlflow.pyfunc` in a fresh process that can import seqlvm only from the
     code the registered model carries, and sampled."""
-    name, work = "cluster-sweep-vae", tmp_path / "work"
-    submitted = seqlvm(cluster, "submit", "--follow", "--", "seqlvm", "tune", "--data", str(shakespeare),
-                       "--num-samples", "2", "--max-steps", "20", "--scheduler", "none", "--name", "cluster-sweep",
-                       "--registered-name", name, "--workdir", str(work), "--iw-samples", "2", "--samples", "1",
-                       "--allow-collapsed", *TINY_VAE)  # 20 steps teach a latent little: no collapse guard
-    assert submitted.returncode == 0, submitted.stdout[-3000:]
-    assert "version 1 is the new champion" in submitted.stdout
+    submitting, stdout, _, work = submitted_sweep
+    name = SWEEP_MODEL
+    assert submitting.wait(timeout=600) == 0, stdout.read_text()[-3000:]
+    assert "version 1 is the new champion" in stdout.read_text()
 
     # What the job saw: the nodes' MLflow server (no store of its own in the workdir) and the folders it was given.
     client = tracking.client(cluster.tracking_uri)
@@ -250,7 +272,7 @@ def test_a_submitted_sweep_registers_a_champion_that_loads_from_its_own_code(clu
     assert [Path(f).parts[-3:-1] for f in result["files"]] == [("code", "seqlvm"), ("code", "pipelines")]
     assert not any(Path(f).is_relative_to(REPO) for f in result["files"])
     assert result["source"] == ["prior", "posterior"] and not result["ray"]  # serving needs no Ray
-    words = set(json.loads((shakespeare / "vocab.json").read_text()))
+    words = set(json.loads((shakespeare_small_splits / "vocab.json").read_text()))
     assert all(text and set(text.split()) <= words for text in result["output"]), result["output"]
 
 

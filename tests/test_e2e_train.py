@@ -19,9 +19,9 @@ TINY = ["model.embedding_dim=32", "model.hidden_dim=32", "train.batch_size=32", 
 
 
 @pytest.fixture(scope="module")
-def trained(ray_session, shakespeare, tmp_path_factory):
+def trained(ray_session, shakespeare_small_splits, tmp_path_factory):
     workdir = tmp_path_factory.mktemp("runs")
-    request = TrainRequest(data_dir=str(shakespeare), overrides=TINY + ["model.latent_dim=4"], workers=2,
+    request = TrainRequest(data_dir=str(shakespeare_small_splits), overrides=TINY + ["model.latent_dim=4"], workers=2,
                            max_steps=6, workdir=str(workdir), name="e2e", experiment="e2e")
     return request, run_training(request)
 
@@ -42,13 +42,13 @@ def test_training_logs_metrics_params_checkpoint_and_figures(trained):
     assert {"figures/learning_curves.png", "figures/kl_and_weight.png"} <= artifacts
 
 
-def test_checkpoint_from_mlflow_loads_and_samples_vocabulary_words(trained, shakespeare):
+def test_checkpoint_from_mlflow_loads_and_samples_vocabulary_words(trained, shakespeare_small_splits):
     _, result = trained
     loaded = load_model(f"runs:/{result.mlflow_run_id}/checkpoint", result.tracking_uri)
     model, vocab = loaded.model, loaded.data.vocab
     assert loaded.payload["step"] == 6 and model.config.latent_dim == 4
-    assert vocab.words == Vocab.load(shakespeare / "vocab.json").words
-    assert loaded.data.location == str(shakespeare) and loaded.data.tokenisation["tokenizer"] == "regex"
+    assert vocab.words == Vocab.load(shakespeare_small_splits / "vocab.json").words
+    assert loaded.data.location == str(shakespeare_small_splits) and loaded.data.tokenisation["tokenizer"] == "regex"
     ids = model.sample_prior(5, greedy=False, max_len=15)
     words = [w for row in ids for w in vocab.decode(row)]
     assert words and set(words) <= set(vocab.words)

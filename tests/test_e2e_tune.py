@@ -86,7 +86,7 @@ def sweep_args(data, config, workdir, name, *extra) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def resumed_sweep(ray_session, shakespeare, tmp_path_factory):
+def resumed_sweep(ray_session, shakespeare_small_splits, tmp_path_factory):
     """(tracking URI, workdir, {trial: status} when killed, each trial's validation steps in MLflow then, the
     finished trial's own files then): a 2-trial sweep killed after its first trial, then resumed."""
     root = tmp_path_factory.mktemp("sweep")
@@ -97,10 +97,11 @@ def resumed_sweep(ray_session, shakespeare, tmp_path_factory):
     uri = tracking.resolve_tracking_uri(None, workdir)
     log_path = root / "driver.log"
     log = open(log_path, "w")
+    address = ray_session.get_runtime_context().gcs_address
     driver = subprocess.Popen(
-        [sys.executable, "-m", "seqlvm.cli", *sweep_args(shakespeare, config, workdir, "first", "--num-samples",
-                                                         str(TRIALS), "--cpus-per-worker", str(WORKER_CPUS),
-                                                         "--address", ray_session.get_runtime_context().gcs_address)],
+        [sys.executable, "-m", "seqlvm.cli", *sweep_args(shakespeare_small_splits, config, workdir, "first",
+                                                         "--num-samples", str(TRIALS), "--cpus-per-worker",
+                                                         str(WORKER_CPUS), "--address", address)],
         stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
     def training_started():
@@ -194,13 +195,13 @@ def test_parent_and_child_runs_carry_the_sweep(resumed_sweep):
         assert float(child.data.params["train.lr"]) == pytest.approx(sampled["train.lr"])
 
 
-def test_best_trial_is_registered_as_champion_and_loads_through_mlflow(resumed_sweep, shakespeare):
+def test_best_trial_is_registered_as_champion_and_loads_through_mlflow(resumed_sweep, shakespeare_small_splits):
     uri, _, _, _, _ = resumed_sweep
     client = tracking.client(uri)
     champion = registry.current_alias_version(client, NAME)
     assert str(champion.version) == "1"
     assert champion.tags["seqlvm.sweep"] == "first" and float(champion.tags["valid.nll_bound"]) > 0
-    manifest = json.loads((shakespeare / "manifest.json").read_text())
+    manifest = json.loads((shakespeare_small_splits / "manifest.json").read_text())
     assert champion.tags["seqlvm.data_fingerprint"] == manifest["fingerprint"]
     # The version comes from the run of the trial with the best objective in the sweep's own table
     parent = client.get_run(client.get_run(champion.run_id).data.tags["mlflow.parentRunId"])
@@ -215,10 +216,10 @@ def test_best_trial_is_registered_as_champion_and_loads_through_mlflow(resumed_s
     assert list(out["source"]) == ["prior", "posterior"] and out["output"].str.len().sum() > 0
 
 
-def test_starting_an_existing_sweep_again_asks_for_resume(resumed_sweep, shakespeare, capsys):
+def test_starting_an_existing_sweep_again_asks_for_resume(resumed_sweep, shakespeare_small_splits, capsys):
     _, workdir, _, _, _ = resumed_sweep
     config = workdir.parent / "sweep.yaml"
-    assert cli.main(sweep_args(shakespeare, config, workdir, "first", "--num-samples", "1")) == 2
+    assert cli.main(sweep_args(shakespeare_small_splits, config, workdir, "first", "--num-samples", "1")) == 2
     assert "exists; pass --resume" in capsys.readouterr().err
 
 
