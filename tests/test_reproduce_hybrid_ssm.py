@@ -15,7 +15,7 @@ from scipy import integrate
 
 from pipelines.dataset import PreparedDataset
 from pipelines.vocab import SPECIALS, UNK_ID
-from seqlvm.models.nonlinear_ssm import grid_log_likelihood, particle_filter, simulate
+from seqlvm.reproduction.nonlinear_ssm import grid_log_likelihood, particle_filter, simulate
 from seqlvm.reproduction.table import Line, Row, RowRun
 from seqlvm.reproduction.tables import hybrid, nasmc_ssm, nvdm
 

@@ -43,7 +43,7 @@ resampling scheme. `bootstrap: true` gives the paper's "LV-RNN (Bootstrap)" colu
 
 `smc` and `markov_step` are pure and model-agnostic: the tests run them on a linear-Gaussian model against a
 Kalman filter, and `seqlvm reproduce nasmc-ssm` on the classic nonlinear state-space model
-(seqlvm/models/nonlinear_ssm.py).
+(seqlvm/reproduction/nonlinear_ssm.py).
 """
 from __future__ import annotations
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from seqlvm.models.nonlinear_ssm import NonlinearSSMProposal, grid_log_likelihood, particle_filter, simulate
+from seqlvm.reproduction.nonlinear_ssm import NonlinearSSMProposal, grid_log_likelihood, particle_filter, simulate
 from seqlvm.reproduction.table import Check, Line, PaperTable, Row, RowRun, trend, value
 
 ROW = "NASMC and the bootstrap filter"
